@@ -1,0 +1,33 @@
+"""Communiqué: press-release distribution. `create_app(settings)` builds the Flask app."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from .config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The Flask application factory (also the gunicorn entry point: `service:create_app()`)."""
+    from . import api, db_app, logs, ops, public, web, webhook
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_path=None)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.upload_max_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.is_https,
+        SESSION_COOKIE_NAME="communique_session",
+        WTF_CSRF_TIME_LIMIT=None,
+        JSON_SORT_KEYS=False,
+    )
+    logs.init_app(app, settings)
+    db_app.init_app(app, settings)
+    public.init_app(app)
+    web.init_app(app)
+    api.init_app(app)
+    webhook.init_app(app)
+    ops.init_app(app)
+    return app

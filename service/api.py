@@ -1,0 +1,11 @@
+"""Blueprint "api" (being built)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+bp = Blueprint("api", __name__)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

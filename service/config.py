@@ -1,0 +1,197 @@
+"""Settings: the one object that reads the environment (COMMUNIQUE_* variables, optional .env)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+PREFIX = "COMMUNIQUE_"
+SMTP_TLS_MODES = ("none", "starttls", "implicit")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. Field `foo_bar` is read from `COMMUNIQUE_FOO_BAR`."""
+
+    env: str = "development"  # "production" refuses to start without real secrets
+    database_url: str = "sqlite:///instance/communique.db"
+    instance_path: str = "instance"
+    secret_key: str = field(default="", repr=False)
+    base_url: str = "http://127.0.0.1:8000"
+    mail_from: str = "Communiqué <communique@example.com>"
+    timezone: str = "Africa/Casablanca"
+    default_language: str = "fr"
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_tls: str = "none"
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_timeout_seconds: float = 30.0
+    smtp_connections: int = 8
+    smtp_messages_per_connection: int = 1000
+    send_rate: float = 0.0  # messages per second, 0 = unlimited
+    domain_concurrency: int = 8  # connections in flight to one recipient domain
+    batch_size: int = 200
+    lease_seconds: int = 300
+    retry_base_seconds: int = 120
+    retry_max_age_seconds: int = 72 * 3600
+    error_pause_threshold: float = 0.5  # share of failed attempts in the window that pauses a blast
+    error_window: int = 50
+    worker_poll_seconds: float = 1.0
+    scheduler_interval_seconds: float = 15.0
+
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_private_key_path: str = ""
+
+    attachment_max_bytes: int = 10 * 1024 * 1024
+    upload_max_bytes: int = 20 * 1024 * 1024
+    webhook_secret: str = field(default="", repr=False)
+    webhook_tolerance_seconds: int = 300
+    webhook_max_bytes: int = 2 * 1024 * 1024
+    events_url: str = ""  # outgoing signed webhooks, off when empty
+    events_secret: str = field(default="", repr=False)
+    require_approval: bool = False
+    metrics_token: str = field(default="", repr=False)
+
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    # ---- derived values -------------------------------------------------
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def mail_from_address(self) -> str:
+        return parseaddr(self.mail_from)[1]
+
+    @property
+    def mail_from_name(self) -> str:
+        return parseaddr(self.mail_from)[0]
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.mail_from_address.rpartition("@")[2] or "localhost"
+
+    @property
+    def is_https(self) -> bool:
+        return self.base_url.startswith("https://")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+        """Parse COMMUNIQUE_* variables; a bad value raises ConfigError naming the variable."""
+        if environ is None:
+            if dotenv:
+                from dotenv import dotenv_values
+
+                file_values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+                environ = {**file_values, **os.environ}
+            else:
+                environ = os.environ
+        values: dict[str, Any] = {}
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for name, fld in known.items():
+            raw = environ.get(PREFIX + name.upper())
+            if raw is None:
+                continue
+            values[name] = _parse(PREFIX + name.upper(), raw.strip(), fld.type)
+        settings = cls(**values)
+        if not settings.secret_key:
+            settings = dataclasses.replace(settings, secret_key=_development_secret(settings))
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def fail(name: str, reason: str) -> None:
+            raise ConfigError(f"{PREFIX}{name.upper()}: {reason}")
+
+        if self.env not in ("development", "production", "test"):
+            fail("env", f"must be development, production or test, not {self.env!r}")
+        if not self.database_url.startswith(("sqlite:", "postgresql")):
+            fail("database_url", "must be a sqlite:/// or postgresql:// URL")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            fail("timezone", f"unknown time zone {self.timezone!r}")
+        if not 0 < self.smtp_port < 65536:
+            fail("smtp_port", f"{self.smtp_port} is not a TCP port")
+        if self.smtp_tls not in SMTP_TLS_MODES:
+            fail("smtp_tls", f"must be one of {', '.join(SMTP_TLS_MODES)}")
+        if self.smtp_password and not self.smtp_username:
+            fail("smtp_username", "is required when COMMUNIQUE_SMTP_PASSWORD is set")
+        for name in ("smtp_connections", "batch_size", "lease_seconds", "retry_base_seconds",
+                     "domain_concurrency", "smtp_messages_per_connection", "error_window"):
+            if getattr(self, name) < 1:
+                fail(name, "must be at least 1")
+        if self.send_rate < 0:
+            fail("send_rate", "must be 0 (unlimited) or a positive number of messages per second")
+        if not 0 < self.error_pause_threshold <= 1:
+            fail("error_pause_threshold", "must be between 0 and 1")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            fail("base_url", "must be an absolute http(s) URL such as https://press.example.org")
+        if "@" not in self.mail_from_address or any(c in self.mail_from for c in "\r\n"):
+            fail("mail_from", "must be an address such as 'Press office <press@example.org>'")
+        if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
+            fail("webhook_secret", "must be a Standard Webhooks secret in the whsec_… form")
+        if self.log_format not in LOG_FORMATS:
+            fail("log_format", "must be text or json")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if bool(self.dkim_selector) != bool(self.dkim_private_key_path):
+            fail("dkim_selector", "DKIM needs both a selector and COMMUNIQUE_DKIM_PRIVATE_KEY_PATH")
+        if self.env == "production" and len(self.secret_key) < 32:
+            fail("secret_key", "production needs a random secret of at least 32 characters")
+
+
+def _parse(variable: str, raw: str, kind: Any) -> Any:
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{variable}: {raw!r} is not a number") from None
+    if kind == "bool":
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{variable}: {raw!r} is not a boolean (use true or false)")
+    return raw
+
+
+def _development_secret(settings: Settings) -> str:
+    """Outside production, keep a random secret in the instance folder so sessions survive restarts."""
+    if settings.env == "production":
+        raise ConfigError(f"{PREFIX}SECRET_KEY: required in production (no default)")
+    path = Path(settings.instance_path) / "secret-key"
+    try:
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+    except OSError as exc:
+        raise ConfigError(f"{PREFIX}SECRET_KEY: not set, and {path} cannot hold one ({exc})") from exc

@@ -1,0 +1,11 @@
+"""Blueprint "ops" (being built)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+bp = Blueprint("ops", __name__)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,129 @@
+"""A real SMTP server for tests: aiosmtpd on 127.0.0.1, a recording handler, faults injected
+server-side (replies chosen per recipient, a dropped connection during DATA, a slow server)."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore
+
+
+@dataclass
+class Fault:
+    """Answer `code reply` at RCPT for this recipient, `times` times (None: always)."""
+
+    code: int
+    reply: str
+    times: int | None = None
+    at: str = "rcpt"  # "rcpt", "data" (reply after DATA) or "drop" (close during DATA)
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.messages: list[Received] = []
+        self.faults: dict[str, Fault] = {}
+        self.delay_seconds = 0.0
+        self.connections = 0
+        self.lock = threading.Lock()
+
+    def fail(self, address: str, code: int, reply: str, times: int | None = None,
+             at: str = "rcpt") -> None:
+        self.faults[address.lower()] = Fault(code, reply, times, at)
+
+    def _take_fault(self, address: str, at: str) -> Fault | None:
+        with self.lock:
+            fault = self.faults.get(address.lower())
+            if fault is None or fault.at != at:
+                return None
+            if fault.times is not None:
+                if fault.times <= 0:
+                    return None
+                fault.times -= 1
+            return fault
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        with self.lock:
+            self.connections += 1
+        return responses
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        fault = self._take_fault(address, "rcpt")
+        if fault is not None:
+            return f"{fault.code} {fault.reply}"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        for address in envelope.rcpt_tos:
+            if self._take_fault(address, "drop") is not None:
+                assert server.transport is not None
+                server.transport.abort()
+                return "421 dropped"
+            fault = self._take_fault(address, "data")
+            if fault is not None:
+                return f"{fault.code} {fault.reply}"
+        with self.lock:
+            self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
+                                          bytes(envelope.original_content or b"")))
+        return "250 Message accepted"
+
+    # ---- what the tests read -------------------------------------------
+    def received_by(self, address: str) -> list[Received]:
+        return [m for m in self.messages if address.lower() in (r.lower() for r in m.rcpt_tos)]
+
+    def recipient_counts(self) -> Counter[str]:
+        return Counter(r.lower() for m in self.messages for r in m.rcpt_tos)
+
+
+@dataclass
+class SmtpServer:
+    handler: RecordingHandler
+    host: str
+    port: int
+    controller: Any = field(repr=False)
+
+    @property
+    def messages(self) -> list[Received]:
+        return self.handler.messages
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_smtp_server(handler: RecordingHandler | None = None) -> SmtpServer:
+    handler = handler or RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port,
+                            data_size_limit=50 * 1024 * 1024, ready_timeout=10)
+    controller.start()
+    return SmtpServer(handler, "127.0.0.1", port, controller)
