@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -298,6 +299,7 @@ class DeliveryLog(Base):
     smtp_code: Mapped[int | None] = mapped_column(Integer)
     smtp_reply: Mapped[str | None] = mapped_column(Text)
     error_type: Mapped[str | None] = mapped_column(String(100))
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = _created()
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 23:21:41.400746
+Create Date: 2026-11-21 23:23:44.770065
 """
 
 import sqlalchemy as sa
@@ -254,6 +254,7 @@ def upgrade() -> None:
     sa.Column('smtp_code', sa.Integer(), nullable=True),
     sa.Column('smtp_reply', sa.Text(), nullable=True),
     sa.Column('error_type', sa.String(length=100), nullable=True),
+    sa.Column('duration_seconds', sa.Float(), nullable=True),
     sa.Column('at', service.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['blast_id'], ['blasts.id'], name=op.f('fk_delivery_logs_blast_id_blasts'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['queued_message_id'], ['queued_messages.id'], name=op.f('fk_delivery_logs_queued_message_id_queued_messages'), ondelete='CASCADE'),
