@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from smtp_server import SmtpServer, start_smtp_server  # noqa: E402
+
 from service import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.db import make_engine, make_session_factory, upgrade_schema  # noqa: E402
-from smtp_server import SmtpServer, start_smtp_server  # noqa: E402
 
 POSTGRES_URL = os.environ.get("COMMUNIQUE_TEST_POSTGRES_URL", "")
 ROOT = Path(__file__).resolve().parent.parent
