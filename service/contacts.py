@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .errors import FieldError, NotFound, ValidationError
+from .events import EventType, record_event
 from .models import Contact, ContactStatus, Suppression
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def unsubscribe_contact(session: Session, contact_id: int, *, now: datetime,
         contact.status = ContactStatus.unsubscribed
         contact.unsubscribed_at = now
         log.info("contact %s: unsubscribed (%s)", contact.id, source)
+        record_event(session, EventType.contact_unsubscribed,
+                     {"contact_id": contact.id, "email": contact.email, "source": source}, now=now)
     return contact
 
 
@@ -55,3 +58,5 @@ def mark_bounced(session: Session, contact_id: int, *, now: datetime) -> None:
         contact.status = ContactStatus.bounced
         contact.bounced_at = now
         log.info("contact %s: marked bounced", contact.id)
+        record_event(session, EventType.contact_bounced,
+                     {"contact_id": contact.id, "email": contact.email}, now=now)
