@@ -1,0 +1,237 @@
+"""Contact fields: the one validator (web form, JSON API and every CSV row) and the normalizers
+for address, language, country, media type, tags and free text. Pure: no database."""
+
+from __future__ import annotations
+
+import gettext
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import langcodes
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+
+from .errors import FieldError, ValidationError
+from .models import MediaType
+
+TEXT_FIELDS: dict[str, int] = {  # field -> longest accepted value (the column's length)
+    "civility": 40,
+    "first_name": 200,
+    "last_name": 200,
+    "outlet": 300,
+    "role": 300,
+    "city": 200,
+    "consent_source": 300,
+}
+FIELDS = ("email", "civility", "first_name", "last_name", "outlet", "role", "media_type",
+          "language", "country", "city", "tags", "consent_source")
+TAG_MAX_LENGTH = 60
+
+# Names are matched without case, accents or punctuation; the translations pycountry ships cover
+# French, Spanish, Arabic and German names ("Maroc", "Español", "العربية"), these cover the rest.
+_LOCALES = ("fr", "es", "ar", "de")
+_COUNTRY_ALIASES = {
+    "uk": "GB", "great britain": "GB", "angleterre": "GB", "england": "GB", "grande bretagne": "GB",
+    "usa": "US", "united states of america": "US", "etats unis d amerique": "US",
+    "emirats": "AE", "uae": "AE", "eau": "AE", "russia": "RU", "south korea": "KR",
+    "coree du sud": "KR", "holland": "NL", "hollande": "NL", "turkey": "TR", "turquie": "TR",
+}
+_LANGUAGE_ALIASES = {
+    "english": "en", "francais": "fr", "french": "fr", "castellano": "es", "espanol": "es",
+    "arabic": "ar", "arabe": "ar", "darija": "ary", "amazigh": "zgh", "tamazight": "zgh",
+    "deutsch": "de", "italiano": "it", "portugues": "pt", "nederlands": "nl",
+}
+_MEDIA_TYPES = {
+    MediaType.print: ("print", "presse", "presse ecrite", "ecrite", "journal", "quotidien",
+                      "hebdomadaire", "magazine", "newspaper", "press", "print media"),
+    MediaType.online: ("online", "web", "en ligne", "internet", "site web", "digital", "numerique",
+                       "pure player", "presse en ligne", "site"),
+    MediaType.radio: ("radio",),
+    MediaType.tv: ("tv", "television", "tele", "tv radio"),
+    MediaType.agency: ("agency", "agence", "agence de presse", "news agency", "wire"),
+    MediaType.freelance: ("freelance", "free lance", "pigiste", "independant", "independent"),
+}
+_MEDIA_BY_NAME = {name: media for media, names in _MEDIA_TYPES.items() for name in names}
+
+# Keep everything printable; drop C0/C1 controls, DEL and the Unicode line/paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+_TAG_SPLIT = re.compile(r"[,;|]")
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
+
+
+def fold(value: str) -> str:
+    """Lower-case, strip accents and punctuation: "Prénom " -> "prenom", "E-mail" -> "e mail"."""
+    decomposed = unicodedata.normalize("NFKD", value.casefold())
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[\W_]+", " ", bare).split())
+
+
+def clean_text(value: Any) -> str | None:
+    """One line of printable text: CR/LF, tabs and control characters become single spaces."""
+    if value is None:
+        return None
+    text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value)))).strip()
+    return text or None
+
+
+def normalize_email(raw: str) -> tuple[str, str]:
+    """Validate an address (syntax only, no DNS) -> (normalized address, case-insensitive key).
+
+    Trimmed, domain lower-cased, IDN domains kept in their Unicode form."""
+    candidate = clean_text(raw or "") or ""
+    candidate = candidate.strip("<>").strip()
+    if not candidate:
+        raise ValidationError(FieldError("email", "is required"))
+    try:
+        info = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValidationError(FieldError("email", f"not a valid address: {exc}",
+                                         value=candidate)) from exc
+    return info.normalized, info.normalized.lower()
+
+
+@lru_cache(maxsize=4096)
+def normalize_language(value: str) -> str:
+    """A BCP 47 tag ("fr", "fr-FR", "ar-MA") from a tag in any case or a language name."""
+    text = value.strip()
+    if _LANGUAGE_TAG.match(text):
+        tag = text.replace("_", "-")
+        if langcodes.tag_is_valid(tag):
+            return str(langcodes.standardize_tag(tag))
+    code = _language_names().get(fold(text))
+    if code is None:
+        raise ValueError("not a known language (use a code such as fr, en, ar or fr-FR)")
+    return code
+
+
+@lru_cache(maxsize=4096)
+def normalize_country(value: str) -> str:
+    """An ISO 3166-1 alpha-2 code from a code or a country name in English, French, Spanish or
+    Arabic ("MA", "mar", "Maroc", "United Kingdom")."""
+    code = _country_names().get(fold(value))
+    if code is None:
+        raise ValueError("not a known country (use an ISO code such as MA, FR or GB)")
+    return code
+
+
+@lru_cache(maxsize=256)
+def normalize_media_type(value: str) -> MediaType:
+    media = _MEDIA_BY_NAME.get(fold(value))
+    if media is None:
+        raise ValueError("not a known media type (print, online, radio, tv, agency or freelance)")
+    return media
+
+
+def normalize_tags(value: Any) -> list[str]:
+    """Tags from "a, b; c" or a list: lower-case, one line each, no separators, no duplicates."""
+    items: Iterable[Any] = _TAG_SPLIT.split(value) if isinstance(value, str) else (value or ())
+    tags: list[str] = []
+    for item in items:
+        tag = clean_text(_TAG_SPLIT.sub(" ", str(item)))
+        if not tag:
+            continue
+        tag = tag.lower()
+        if len(tag) > TAG_MAX_LENGTH:
+            raise ValueError(f"tag longer than {TAG_MAX_LENGTH} characters")
+        if tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def tags_column(tags: Iterable[str]) -> str:
+    """The stored form: ",tag1,tag2," (so a tag filter is one LIKE on both databases)."""
+    return "," + "".join(f"{tag}," for tag in tags)
+
+
+def validate_contact(data: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """The one validator for the web form, the JSON API and each CSV row.
+
+    Returns the normalized fields present in `data` (all of them unless `partial`), with
+    `email_key` next to `email`; an empty value becomes None (tags: []). Unknown keys are ignored.
+    Raises ValidationError listing every bad field."""
+    errors: list[FieldError] = []
+    clean: dict[str, Any] = {}
+    for field in FIELDS:
+        if partial and field not in data:
+            continue
+        raw = data.get(field)
+        try:
+            clean.update(_validate_field(field, raw))
+        except ValidationError as exc:
+            errors.extend(exc.errors)
+        except ValueError as exc:
+            errors.append(FieldError(field, str(exc), value=_shown(raw)))
+    if errors:
+        raise ValidationError(errors)
+    return clean
+
+
+def _validate_field(field: str, raw: Any) -> dict[str, Any]:
+    if field == "tags":
+        return {"tags": normalize_tags(raw)}
+    text = clean_text(raw)
+    if field == "email":
+        email, email_key = normalize_email(text or "")
+        return {"email": email, "email_key": email_key}
+    if text is None:
+        return {field: None}
+    if field == "language":
+        return {field: normalize_language(text)}
+    if field == "country":
+        return {field: normalize_country(text)}
+    if field == "media_type":
+        return {field: str(normalize_media_type(text))}
+    limit = TEXT_FIELDS[field]
+    if len(text) > limit:
+        raise ValueError(f"longer than {limit} characters")
+    return {field: text}
+
+
+def _shown(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return raw if isinstance(raw, str) else str(raw)
+
+
+@lru_cache(maxsize=1)
+def _country_names() -> dict[str, str]:
+    names: dict[str, str] = {}
+    translations = [gettext.translation("iso3166-1", pycountry.LOCALES_DIR, languages=[locale])
+                    for locale in _LOCALES]
+    for country in pycountry.countries:
+        code = country.alpha_2
+        english = [country.alpha_2, country.alpha_3, country.name,
+                   getattr(country, "common_name", ""), getattr(country, "official_name", "")]
+        for name in english:
+            if name:
+                names.setdefault(fold(name), code)
+                for translation in translations:
+                    names.setdefault(fold(translation.gettext(name)), code)
+    names.update({fold(alias): code for alias, code in _COUNTRY_ALIASES.items()})
+    names.pop("", None)
+    return names
+
+
+@lru_cache(maxsize=1)
+def _language_names() -> dict[str, str]:
+    names: dict[str, str] = {}
+    translations = [gettext.translation("iso639-3", pycountry.LOCALES_DIR, languages=[locale])
+                    for locale in _LOCALES]
+    # Languages with a two-letter code first: they win a name shared with a rarer language.
+    languages = sorted(pycountry.languages, key=lambda language: not hasattr(language, "alpha_2"))
+    for language in languages:
+        if getattr(language, "type", "L") != "L":
+            continue
+        code = getattr(language, "alpha_2", None) or language.alpha_3
+        for name in (language.name, getattr(language, "common_name", "")):
+            if name:
+                names.setdefault(fold(name), code)
+                for translation in translations:
+                    names.setdefault(fold(translation.gettext(name)), code)
+    names.update({fold(alias): code for alias, code in _LANGUAGE_ALIASES.items()})
+    names.pop("", None)
+    return names

@@ -1,0 +1,353 @@
+"""CSV import of media contacts, as press offices really export them: the encoding and the
+delimiter are detected, French or English headers mapped, each row validated by the one contact
+validator, duplicates merged (in the file and against the database), suppression enforced.
+
+Streams the file and writes in chunks (one query for a chunk's known addresses, bulk insert,
+bulk update, bulk list memberships), inside one savepoint: all or nothing, and `dry_run` rolls
+the savepoint back so its report is exactly what a real import would do."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from .contact_fields import FIELDS, fold, tags_column, validate_contact
+from .contacts import add_memberships, get_or_create_list
+from .errors import FieldError, ValidationError
+from .models import Contact, ContactStatus, Suppression
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 2000
+MERGED_FIELDS = tuple(name for name in FIELDS if name not in ("email", "tags"))
+
+HEADERS: dict[str, tuple[str, ...]] = {
+    "email": ("email", "e mail", "mail", "courriel", "mel", "adresse email", "adresse e mail",
+              "adresse mail", "adresse electronique", "adresse courriel", "email address",
+              "e mail address", "mail address"),
+    "civility": ("civilite", "civility", "title", "titre", "salutation", "prefix", "genre"),
+    "first_name": ("prenom", "first name", "firstname", "given name", "forename", "prenoms"),
+    "last_name": ("nom", "last name", "lastname", "surname", "family name", "nom de famille"),
+    "outlet": ("media", "support", "redaction", "outlet", "publication", "titre de presse",
+               "media outlet", "organisation", "organization", "company", "societe", "journal",
+               "employer", "entreprise"),
+    "role": ("fonction", "poste", "role", "rubrique", "beat", "job title", "position",
+             "specialite", "desk", "service", "function", "titre du poste"),
+    "media_type": ("type de media", "type media", "media type", "type de support", "type",
+                   "categorie de media", "media category", "kind of media"),
+    "language": ("langue", "language", "lang", "langue de travail", "langue preferee",
+                 "preferred language", "locale"),
+    "country": ("pays", "country", "nation", "country code", "code pays"),
+    "city": ("ville", "city", "town", "localite", "commune"),
+    "tags": ("tags", "tag", "etiquettes", "etiquette", "mots cles", "keywords", "labels",
+             "label", "categories", "thematiques", "themes", "interets", "interests"),
+    "consent_source": ("source", "consentement", "consent", "consent source",
+                       "source du consentement", "origine", "origin", "opt in source"),
+}
+_FIELD_BY_HEADER = {fold(alias): name for name, aliases in HEADERS.items() for alias in aliases}
+_EMAIL_WORDS = {"email", "mail", "courriel", "mel"}
+_DELIMITERS = (";", ",", "\t")
+_FORMULA = re.compile(r"^'(?=[=+\-@])")
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, for a dry run, would do): one count per data row."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[FieldError] = field(default_factory=list)
+    not_mailable: int = 0  # rows whose contact is unsubscribed, bounced or suppressed
+    dry_run: bool = False
+    list_name: str | None = None
+    encoding: str = ""
+    delimiter: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "rejected": [{"row": error.row, "field": error.field, "value": error.value or "",
+                          "reason": error.reason} for error in self.rejected],
+        }
+
+    def summary(self) -> str:
+        """A sentence for people, then one line per rejected row."""
+        prefix = "dry run, nothing written: would import" if self.dry_run else "imported"
+        where = f" into list {self.list_name!r}" if self.list_name else ""
+        lines = [f"{prefix}{where}: {self.created} created, {self.updated} updated, "
+                 f"{self.unchanged} unchanged, {len(self.rejected)} rejected "
+                 f"({_encoding_name(self.encoding)}, {_delimiter_name(self.delimiter)})"]
+        if self.not_mailable:
+            lines.append(f"{self.not_mailable} rows are unsubscribed, bounced or suppressed "
+                         "contacts: kept that way, they will not be mailed")
+        lines += [f"row {error.row}, {error.field}: {error.reason}"
+                  + (f" ({error.value!r})" if error.value else "") for error in self.rejected]
+        return "\n".join(lines)
+
+
+def import_contacts(session: Session, data: bytes, *, list_name: str | None = None,
+                    dry_run: bool = False, now: datetime, source: str | None = None) -> ImportReport:
+    """Import a CSV file's bytes; rows go to `list_name` when given. A bad row is reported
+    (row, field, value, reason) and skipped; a file that cannot be read raises ValidationError
+    and writes nothing. `source` is recorded as the consent source of new contacts."""
+    encoding = detect_encoding(data)
+    stream = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
+    delimiter, skip_sep_line = detect_delimiter(stream)
+    report = ImportReport(dry_run=dry_run, list_name=list_name, encoding=encoding,
+                          delimiter=delimiter)
+    rows = _read_rows(stream, delimiter, skip_sep_line)
+    savepoint = session.begin_nested()
+    try:
+        list_id = get_or_create_list(session, list_name).id if list_name else None
+        chunk: list[tuple[int, dict[str, Any]]] = []
+        for row_number, cells in rows:
+            contact = _validate_row(row_number, cells, report)
+            if contact is None:
+                continue
+            if source and not contact.get("consent_source"):
+                contact["consent_source"] = source
+            chunk.append((row_number, contact))
+            if len(chunk) >= CHUNK_ROWS:
+                _import_chunk(session, chunk, list_id, report, now)
+                chunk = []
+        if chunk:
+            _import_chunk(session, chunk, list_id, report, now)
+    except BaseException:
+        savepoint.rollback()
+        raise
+    if dry_run:
+        savepoint.rollback()
+    else:
+        savepoint.commit()
+    session.expire_all()
+    log.info("contact import%s: %d created, %d updated, %d unchanged, %d rejected",
+             " (dry run)" if dry_run else "", report.created, report.updated, report.unchanged,
+             len(report.rejected))
+    return report
+
+
+def detect_encoding(data: bytes) -> str:
+    """UTF-8 (with or without BOM) when the bytes decode strictly, else Windows-1252 (French
+    Excel); UTF-16 when it has a BOM (Excel's "Unicode text"). Binary files are refused."""
+    if not data.strip():
+        raise ValidationError(FieldError("file", "the file is empty"))
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if data.startswith(b"PK\x03\x04") or data.startswith(b"\xd0\xcf\x11\xe0"):
+        raise ValidationError(FieldError(
+            "file", "this is an Excel workbook, not a CSV file: save it as CSV and import that"))
+    if b"\x00" in data:
+        raise ValidationError(FieldError("file", "this is a binary file, not CSV text"))
+    for encoding in ("utf-8-sig", "cp1252"):
+        if _decodes(data, encoding):
+            return encoding
+    raise ValidationError(FieldError("file", "cannot read the file as UTF-8 or Windows-1252 text"))
+
+
+def detect_delimiter(stream: io.TextIOWrapper) -> tuple[str, bool]:
+    """The delimiter of the header line (Excel's "sep=;" first line wins), and whether that
+    "sep=" line must be skipped. Leaves the stream at its start."""
+    sample = stream.read(64 * 1024)
+    stream.seek(0)
+    lines = sample.lstrip("\r\n").splitlines()
+    first = lines[0] if lines else ""
+    match = re.fullmatch(r'"?sep=(.)"?,*', first.strip())
+    if match:
+        return match.group(1), True
+    widths = {delimiter: len(next(csv.reader([first], delimiter=delimiter), []))
+              for delimiter in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda delimiter: widths[delimiter])
+    if widths[best] > 1:
+        return best, False
+    try:
+        return csv.Sniffer().sniff(sample, delimiters="".join(_DELIMITERS)).delimiter, False
+    except csv.Error:
+        return ",", False  # one column: any delimiter reads it
+
+
+def map_headers(header: list[str]) -> dict[int, str]:
+    """Column index -> contact field, for the headers we know (first column wins a field)."""
+    columns: dict[int, str] = {}
+    taken: set[str] = set()
+    for index, title in enumerate(header):
+        name = _FIELD_BY_HEADER.get(fold(title))
+        if name is None and "email" not in taken and _EMAIL_WORDS & set(fold(title).split()):
+            name = "email"
+        if name is not None and name not in taken:
+            columns[index] = name
+            taken.add(name)
+    if "email" not in taken:
+        shown = ", ".join(repr(title.strip()) for title in header if title.strip())[:300]
+        raise ValidationError(FieldError(
+            "file", "no email column: the first row must be the headers, with one such as email, "
+                    f"e-mail, courriel or mail (found: {shown or 'nothing'})", row=1))
+    return columns
+
+
+def _read_rows(stream: io.TextIOWrapper, delimiter: str,
+               skip_sep_line: bool) -> Iterator[tuple[int, dict[str, str]]]:
+    """(spreadsheet row number, {field: cell}) for each non-blank data row. The header is
+    read now, so a file without an email column fails before anything is written."""
+    if skip_sep_line:
+        stream.readline()
+    reader = csv.reader(stream, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
+    row_number = 0
+    try:
+        for header in reader:
+            row_number += 1
+            if any(cell.strip() for cell in header):
+                break
+        else:
+            raise ValidationError(FieldError("file", "the file has no header row"))
+    except csv.Error as exc:
+        raise ValidationError(FieldError("file", f"not a CSV file: {exc}", row=1)) from exc
+    columns = map_headers(header)
+    return _data_rows(reader, columns, row_number)
+
+
+def _data_rows(reader: Any, columns: dict[int, str],
+               row_number: int) -> Iterator[tuple[int, dict[str, str]]]:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ValidationError(FieldError(None, f"unreadable CSV: {exc}",
+                                             row=row_number + 1)) from exc
+        row_number += 1
+        if not any(cell.strip() for cell in cells):
+            continue
+        yield row_number, {name: _FORMULA.sub("", cells[index]) for index, name in columns.items()
+                           if index < len(cells)}
+
+
+def _validate_row(row_number: int, cells: dict[str, str],
+                  report: ImportReport) -> dict[str, Any] | None:
+    try:
+        return validate_contact(cells)
+    except ValidationError as exc:
+        first = exc.errors[0]
+        others = [error.field or "" for error in exc.errors[1:]]
+        reason = first.reason + (f" (also wrong: {', '.join(others)})" if others else "")
+        value = first.value if first.value is not None else cells.get(first.field or "", "")
+        report.rejected.append(FieldError(first.field, reason, row=row_number,
+                                          value=(value or "").strip()))
+        return None
+
+
+@dataclass
+class _Record:
+    """A contact as this chunk sees it: the stored row (or a new one) with the file merged in."""
+
+    values: dict[str, Any]
+    tags: list[str]
+    status: str
+    id: int | None = None
+    dirty: bool = False
+
+    def merge(self, incoming: dict[str, Any]) -> bool:
+        """Non-empty values overwrite, empty cells never blank, tags are unioned."""
+        changed = False
+        for name in MERGED_FIELDS:
+            value = incoming.get(name)
+            if value is not None and value != self.values.get(name):
+                self.values[name] = value
+                changed = True
+        for tag in incoming["tags"]:
+            if tag not in self.tags:
+                self.tags.append(tag)
+                changed = True
+        return changed
+
+    def row(self) -> dict[str, Any]:
+        return {**self.values, "tags": tags_column(self.tags), "status": self.status}
+
+
+def _import_chunk(session: Session, chunk: list[tuple[int, dict[str, Any]]], list_id: int | None,
+                  report: ImportReport, now: datetime) -> None:
+    keys = list({contact["email_key"] for _, contact in chunk})
+    records = _stored_records(session, keys)
+    suppressed = set(session.scalars(select(Suppression.email_key)
+                                     .where(Suppression.email_key.in_(keys))))
+    new: dict[str, _Record] = {}
+    for _row_number, contact in chunk:
+        key = contact["email_key"]
+        record = records.get(key)
+        if record is None:
+            status = ContactStatus.suppressed if key in suppressed else ContactStatus.active
+            values = {name: contact.get(name) for name in MERGED_FIELDS}
+            values.update(email=contact["email"], email_key=key)
+            record = records[key] = new[key] = _Record(values, list(contact["tags"]), status)
+            report.created += 1
+        else:
+            changed = record.merge(contact)
+            if key in suppressed and record.status != ContactStatus.suppressed:
+                record.status = ContactStatus.suppressed
+                changed = True
+            record.dirty = record.dirty or changed
+            if changed:
+                report.updated += 1
+            else:
+                report.unchanged += 1
+        if record.status != ContactStatus.active:
+            report.not_mailable += 1
+    if new:
+        inserted = session.execute(
+            insert(Contact).returning(Contact.id, Contact.email_key),
+            [{**record.row(), "created_at": now, "updated_at": now} for record in new.values()])
+        for contact_id, key in inserted:
+            records[key].id = contact_id
+    changed_rows = [{**record.row(), "id": record.id, "updated_at": now}
+                    for key, record in records.items() if record.dirty and key not in new]
+    if changed_rows:
+        session.execute(update(Contact), changed_rows)
+    if list_id is not None:
+        add_memberships(session, list_id, [record.id for record in records.values()
+                                           if record.id is not None])
+
+
+def _stored_records(session: Session, keys: list[str]) -> dict[str, _Record]:
+    columns = [getattr(Contact, name) for name in MERGED_FIELDS]
+    rows = session.execute(select(Contact.id, Contact.email_key, Contact.email, Contact.tags,
+                                  Contact.status, *columns).where(Contact.email_key.in_(keys)))
+    records = {}
+    for row in rows:
+        values = {name: getattr(row, name) for name in MERGED_FIELDS}
+        values.update(email=row.email, email_key=row.email_key)
+        records[row.email_key] = _Record(values, [t for t in row.tags.split(",") if t],
+                                         row.status, id=row.id)
+    return records
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    step = 1 << 20
+    try:
+        for start in range(0, len(data), step):
+            decoder.decode(data[start:start + step], final=start + step >= len(data))
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _encoding_name(encoding: str) -> str:
+    return {"utf-8-sig": "UTF-8", "cp1252": "Windows-1252", "utf-16": "UTF-16"}.get(
+        encoding, encoding)
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return {",": "comma", ";": "semicolon", "\t": "tab"}.get(delimiter, repr(delimiter))
