@@ -1,11 +1,107 @@
-"""Blueprint "api" (being built)."""
+"""Blueprint "api": the JSON API under /api/v1, bearer API keys, problem+json errors, and the
+OpenAPI 3.1 document built from the routes (`registry`). Resources live in api_<resource>.py."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-bp = Blueprint("api", __name__)
+from flask import Blueprint, Flask, Response, g, json, request
+from werkzeug.exceptions import HTTPException
+
+from .apikeys import verify_api_key
+from .db import utcnow
+from .db_app import db_session
+from .errors import CommuniqueError
+from .openapi import Registry
+from .problems import problem, problem_from_error
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1"
+bp = Blueprint("api", __name__, url_prefix=PREFIX)
+registry = Registry(bp, PREFIX)
+PUBLIC_ENDPOINTS = {"api.openapi_document"}
+
+PAGE_QUERY: dict[str, Any] = {
+    "offset": {"type": "integer", "minimum": 0, "default": 0},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+}
+
+
+def page_schema(item: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["items", "total", "offset", "limit"],
+            "properties": {"items": {"type": "array", "items": item},
+                           "total": {"type": "integer"}, "offset": {"type": "integer"},
+                           "limit": {"type": "integer"}}}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(json.dumps(data), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+def iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def init_app(app: Flask) -> None:
+    from . import api_blasts, api_contacts, api_releases  # noqa: F401  (routes register on import)
+
     app.register_blueprint(bp)
+    _exempt_from_csrf(app)
+
+
+def _exempt_from_csrf(app: Flask) -> None:
+    """Bearer-authenticated JSON carries no cookie, so CSRF tokens do not apply."""
+    csrf = app.extensions.get("csrf")
+    if csrf is None:
+        from . import web
+
+        csrf = getattr(web, "csrf", None)
+    if csrf is not None:
+        csrf.exempt(bp)
+
+
+@bp.before_request
+def _authenticate() -> Response | None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    key = verify_api_key(db_session(), token.strip(), now=utcnow()) if scheme.lower() == "bearer" \
+        else None
+    if key is None:
+        return problem(401, "a valid API key is required (Authorization: Bearer …)",
+                       headers={"WWW-Authenticate": 'Bearer realm="communique"'})
+    g.api_key = key
+    return None
+
+
+@bp.errorhandler(CommuniqueError)
+def _domain_error(exc: CommuniqueError) -> Response:
+    db_session().rollback()
+    return problem_from_error(exc)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    return problem(exc.code or 500, exc.description)
+
+
+def actor() -> str:
+    """Who the audit trail names for API changes: the key, never its secret."""
+    return f"api-key:{g.api_key.name}"
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    try:
+        package_version = version("communique")
+    except PackageNotFoundError:
+        package_version = "0"
+    return json_response(registry.document(
+        title="Communiqué API", version=package_version,
+        description="Contacts, lists, releases and blasts. Authenticate with "
+                    "`Authorization: Bearer <key>`; errors are RFC 9457 problem documents."))

@@ -1,0 +1,1 @@
+"""API resources: blasts (being built)."""

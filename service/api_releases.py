@@ -1,0 +1,1 @@
+"""API resources: releases (being built)."""
