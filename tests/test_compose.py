@@ -122,3 +122,19 @@ def test_image_starts_the_command_the_readme_documents():
     readme = (ROOT / "README.md").read_text()
     documented = command.replace("'service:create_app()'", '"service:create_app()"')
     assert documented in readme, f"README.md should show: {documented}"
+
+
+def test_operations_guide_lists_every_setting_as_the_readme_does():
+    """docs/operations.md carries README.md's settings table, row for row, and names every setting."""
+    readme_rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+                   if line.startswith("| `COMMUNIQUE_")]
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert readme_rows
+    missing = [row for row in readme_rows if row not in guide]
+    assert not missing, f"docs/operations.md is out of sync with README.md: {missing}"
+    table = "\n".join(readme_rows)
+    for name in sorted(KNOWN):
+        # README abbreviates pairs: `COMMUNIQUE_SMTP_HOST` / `_PORT`
+        parts = name.split("_")
+        shorthands = [f"`_{'_'.join(parts[i:])}`" for i in range(1, len(parts))]
+        assert name in table or any(s in table for s in shorthands), f"{name} is not documented"
