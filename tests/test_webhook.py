@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
 from service import create_app
+from service.cli import main
 from service.config import Settings
 from service.models import Blast, Release, WebhookDelivery
 
@@ -154,3 +155,22 @@ def test_payload_schema_is_published_in_docs():
 
     published = json.loads((ROOT / "docs" / "webhook-payload.schema.json").read_text())
     assert published == PAYLOAD_SCHEMA
+
+
+def test_cli_sign_prints_headers_the_endpoint_accepts(runner, client, settings, db, tmp_path):
+    """`communique webhook sign FILE` gives headers that pass verification, and a curl command."""
+    body = payload()
+    del body["data"]["lists"]
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(body, ensure_ascii=False))
+    result = runner.invoke(main, ["webhook", "sign", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    signed_out = json.loads(result.output)
+    assert f"--data-binary @{path}" in signed_out["curl"]
+    assert "webhook-signature: v1," in signed_out["curl"]
+    response = client.post("/webhooks/cms", data=path.read_bytes(),
+                           headers={**signed_out["headers"], "Content-Type": "application/json"})
+    assert response.status_code == 400, "signature accepted, then the missing field is named"
+    assert response.json["errors"][0]["field"] == "data.lists"
+    human = runner.invoke(main, ["webhook", "sign", str(path)])
+    assert human.output.startswith("webhook-id: msg_")
