@@ -1,0 +1,127 @@
+"""Web forms (Flask-WTF: every form carries a CSRF token) and the one CSRFProtect instance.
+
+Labels are English source strings; templates translate them with `_()`."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFProtect
+from flask_wtf.file import FileField, FileRequired
+from wtforms import (
+    BooleanField,
+    DateTimeLocalField,
+    EmailField,
+    HiddenField,
+    PasswordField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Email, Length, Optional
+
+csrf = CSRFProtect()
+
+
+def options(pairs: list[tuple[str, str]]) -> list[SelectChoice]:
+    """(value, label) pairs as WTForms choices."""
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
+LANGUAGE_CHOICES = [("fr", "Français"), ("en", "English")]
+RELEASE_LANGUAGES = [("fr", "Français"), ("en", "English"), ("ar", "العربية"), ("es", "Español"),
+                     ("de", "Deutsch")]
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email address", validators=[DataRequired(), Email()])
+    password = PasswordField("Password", validators=[DataRequired()])
+    next = HiddenField()
+
+
+class PreferencesForm(FlaskForm):
+    language = SelectField("Language", choices=options(LANGUAGE_CHOICES))
+    timezone = StringField("Time zone", validators=[Optional(), Length(max=64)])
+
+
+class LanguageForm(FlaskForm):
+    language = SelectField("Language", choices=options(LANGUAGE_CHOICES))
+    next = HiddenField()
+
+
+class UserForm(FlaskForm):
+    email = EmailField("Email address", validators=[DataRequired(), Email()])
+    name = StringField("Name", validators=[Optional(), Length(max=200)])
+    role = SelectField("Role", choices=options(
+        [("editor", "editor"), ("sender", "sender"), ("admin", "admin")]))
+    password = PasswordField("Password", validators=[DataRequired(), Length(min=10)])
+
+
+class ActionForm(FlaskForm):
+    """A bare POST with its CSRF token (logout, pause, resume, cancel, approve...)."""
+
+
+class ImportForm(FlaskForm):
+    file = FileField("CSV file", validators=[FileRequired()])
+    list_name = StringField("List", validators=[DataRequired(), Length(max=120)])
+    dry_run = BooleanField("Check only (import nothing)")
+
+
+class ContactForm(FlaskForm):
+    email = EmailField("Email address", validators=[DataRequired()])
+    civility = StringField("Civility", validators=[Optional(), Length(max=40)])
+    first_name = StringField("First name", validators=[Optional(), Length(max=200)])
+    last_name = StringField("Last name", validators=[Optional(), Length(max=200)])
+    outlet = StringField("Outlet", validators=[Optional(), Length(max=300)])
+    role = StringField("Position", validators=[Optional(), Length(max=300)])
+    media_type = SelectField("Media type", choices=[])
+    language = StringField("Language", validators=[Optional(), Length(max=35)])
+    country = StringField("Country", validators=[Optional(), Length(max=2)])
+    city = StringField("City", validators=[Optional(), Length(max=200)])
+    tags = StringField("Tags (comma separated)", validators=[Optional()])
+
+
+class SuppressForm(FlaskForm):
+    emails = TextAreaField("Addresses (one per line)", validators=[DataRequired()])
+    reason = StringField("Reason", validators=[Optional(), Length(max=300)])
+
+
+class ReleaseForm(FlaskForm):
+    title = StringField("Title", validators=[DataRequired(), Length(max=500)])
+    kicker = StringField("Kicker", validators=[Optional(), Length(max=200)])
+    language = SelectField("Language", choices=options(RELEASE_LANGUAGES))
+    dateline = StringField("Dateline", validators=[Optional(), Length(max=300)])
+    body = TextAreaField("Body (Markdown)")
+    about = TextAreaField("About", validators=[Optional()])
+    embargo_until = DateTimeLocalField("Embargo until", format="%Y-%m-%dT%H:%M",
+                                       validators=[Optional()])
+    from_name = StringField("Sender name", validators=[Optional(), Length(max=200)])
+    reply_to = StringField("Reply-To", validators=[Optional(), Length(max=320)])
+
+
+class MarkdownImportForm(FlaskForm):
+    file = FileField("Markdown file", validators=[FileRequired()])
+    language = SelectField("Language", choices=options(RELEASE_LANGUAGES))
+
+
+class AttachmentForm(FlaskForm):
+    file = FileField("Attachment", validators=[FileRequired()])
+
+
+class TestSendForm(FlaskForm):
+    addresses = StringField("Send a test to (comma separated)", validators=[DataRequired()])
+    contact_id = HiddenField()
+
+
+class ScheduleForm(FlaskForm):
+    lists = SelectMultipleField("Lists", choices=[], validators=[DataRequired()])
+    language = StringField("Language", validators=[Optional(), Length(max=35)])
+    country = StringField("Country", validators=[Optional(), Length(max=2)])
+    media_type = SelectField("Media type", choices=[])
+    tag = StringField("Tag", validators=[Optional(), Length(max=100)])
+    send_at = DateTimeLocalField("Send at", format="%Y-%m-%dT%H:%M", validators=[Optional()])
+    stop_after = DateTimeLocalField("Stop sending after (optional)", format="%Y-%m-%dT%H:%M",
+                                    validators=[Optional()])
+    send_now = BooleanField("Send now")
+    confirmed = HiddenField()
