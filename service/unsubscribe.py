@@ -1,0 +1,80 @@
+"""Unsubscribe links: signed itsdangerous tokens (contact or address, blast) and their URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous.encoding import base64_encode
+
+from .config import Settings
+from .errors import NotFound
+
+SALT = "communique.unsubscribe"
+
+
+@dataclass(frozen=True)
+class UnsubscribeToken:
+    contact_id: int | None
+    email: str | None
+    blast_id: int | None
+
+
+def _serializer(settings: Settings) -> URLSafeSerializer:
+    return URLSafeSerializer(settings.secret_key, salt=SALT)
+
+
+class TokenMaker:
+    """Signs tokens the way URLSafeSerializer.dumps does, with the key derived once: the worker
+    makes one per message, and itsdangerous re-derives the key on every call (~30 µs)."""
+
+    def __init__(self, settings: Settings) -> None:
+        signer = _serializer(settings).make_signer(SALT)
+        self._key = signer.derive_key()
+        self._digest = signer.digest_method
+        self.base_url = settings.base_url.rstrip("/")
+
+    def token(self, contact_id: int | None, blast_id: int | None = None,
+              email: str | None = None) -> str:
+        who: int | str | None = contact_id if contact_id is not None else email
+        if who is None:
+            raise ValueError("an unsubscribe token needs a contact id or an address")
+        payload = base64_encode(json.dumps([who, blast_id], separators=(",", ":"),
+                                           ensure_ascii=False).encode())
+        signature = base64_encode(hmac.new(self._key, payload, self._digest).digest())
+        return (payload + b"." + signature).decode("ascii")
+
+    def url(self, token: str) -> str:
+        return f"{self.base_url}/u/{token}"
+
+
+def make_token(settings: Settings, contact_id: int | None, blast_id: int | None = None,
+               email: str | None = None) -> str:
+    return TokenMaker(settings).token(contact_id, blast_id, email)
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    return f"{settings.base_url.rstrip('/')}/u/{token}"
+
+
+def verify_token(settings: Settings, token: str) -> UnsubscribeToken:
+    """The token's contact (or address) and blast; NotFound when it was not signed by us."""
+    try:
+        who, blast_id = _serializer(settings).loads(token)
+    except (BadSignature, ValueError, TypeError) as exc:
+        raise NotFound("this unsubscribe link is not valid") from exc
+    if isinstance(who, bool) or not isinstance(who, int | str):
+        raise NotFound("this unsubscribe link is not valid")
+    if blast_id is not None and not isinstance(blast_id, int):
+        raise NotFound("this unsubscribe link is not valid")
+    if isinstance(who, int):
+        return UnsubscribeToken(contact_id=who, email=None, blast_id=blast_id)
+    return UnsubscribeToken(contact_id=None, email=who, blast_id=blast_id)
+
+
+def token_fingerprint(token: str) -> str:
+    """A short, non-reversible id of a token for logs (never log the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
