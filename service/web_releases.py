@@ -71,9 +71,10 @@ def release_import() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     text = import_form.file.data.read().decode("utf-8-sig", errors="replace")
-    release = _releases().import_markdown(db_session(), current_settings(), text,
-                                          language=import_form.language.data, actor=user.email,
-                                          now=utcnow())
+    # Without a title, create_release parses the pasted release (title, kicker, dateline...).
+    release = _releases().create_release(db_session(), current_settings(), body=text,
+                                         body_format="markdown", language=import_form.language.data,
+                                         actor=user.email, now=utcnow())
     db_session().commit()
     flash(_("Release imported from %(file)s. Check it, then preview it.",
             file=import_form.file.data.filename), "info")
@@ -98,7 +99,7 @@ def release_edit(release_id: int) -> ResponseReturnValue:
         if form.validate_on_submit():
             remember_form("releases/edit.html", form, **context)
             releases.update_release(db_session(), current_settings(), release_id,
-                                    **_release_fields(form), actor=user.email, now=utcnow())
+                                    **_release_fields(form), now=utcnow())
             db_session().commit()
             flash(_("Release saved."), "info")
             return redirect(url_for("web.release_edit", release_id=release_id), code=303)
@@ -117,11 +118,7 @@ def _online_url(release: Any) -> str | None:
 
 
 def _variants(release: Any) -> list[Any]:
-    releases = _releases()
-    if hasattr(releases, "list_variants"):
-        return list(releases.list_variants(db_session(), release.id))
-    return [r for r in releases.list_releases(db_session())
-            if r.group_id and r.group_id == (release.group_id or release.id) and r.id != release.id]
+    return [r for r in _releases().variants_of(db_session(), release) if r.id != release.id]
 
 
 @bp.route("/releases/markdown-preview", methods=["POST"])
