@@ -1,0 +1,238 @@
+"""One command for every benchmark: the wire limit, the Python ceiling, a peer, Communiqué end to
+end (one worker on SQLite, two on PostgreSQL), CSV import and preview latency, all with the same
+~11 KB French release and the same sink on 127.0.0.1. Prints a Markdown table (medians of
+--runs interleaved runs, with ratios to the limit and to the ceiling) and writes the raw numbers
+to bench/results/<time>.json.
+
+    .venv/bin/python bench/run.py                      # N = 20,000, 3 runs
+    .venv/bin/python bench/run.py --n 2000 --runs 1 --import-rows 20000   # a quick check
+
+A row whose code is missing or fails is reported as "not available" with the reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import endtoend  # noqa: E402
+import peers  # noqa: E402
+import sinks  # noqa: E402
+from release import build_message, load_release  # noqa: E402
+
+RESULTS = BENCH / "results"
+LIMIT, CEILING = "limit", "ceiling"
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    unit: str  # "msgs/s", "rows/s", "ms"
+    values: list[float] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=dict)
+    problem: str | None = None
+    note: str = ""
+
+    def add(self, value: float, **extra: float) -> None:
+        self.values.append(value)
+        for name, number in extra.items():
+            self.extra.setdefault(name, []).append(number)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    def median_of(self, name: str) -> float | None:
+        numbers = self.extra.get(name)
+        return statistics.median(numbers) if numbers else None
+
+
+def _attempt(row: Row, measure: Callable[[], None]) -> None:
+    """Run one measurement; a failure makes the row "not available", never stops the others."""
+    if row.problem is not None:
+        return
+    try:
+        measure()
+    except endtoend.NotAvailable as exc:
+        row.problem = str(exc)
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+        row.problem = f"{type(exc).__name__}: {str(exc)[:160]}"
+
+
+def _script_output(name: str, args: list[str], timeout: float) -> str:
+    path = BENCH / name
+    if not path.exists():
+        raise endtoend.NotAvailable(f"bench/{name} is not there yet")
+    env = {k: v for k, v in os.environ.items() if k != "COMMUNIQUE_TEST_POSTGRES_URL"}
+    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
+                            timeout=timeout, env=env, cwd=BENCH.parent)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise endtoend.NotAvailable(f"bench/{name} failed: {last[:160]}")
+    return result.stdout
+
+
+def measure_import(row: Row, rows: int, timeout: float) -> None:
+    """bench/import_contacts.py (the contacts engineer's) on a fresh SQLite database."""
+    output = _script_output("import_contacts.py", ["--rows", str(rows)], timeout)
+    match = re.search(r"sqlite: (\d+) rows in ([\d.]+) s", output)
+    if match is None:
+        raise endtoend.NotAvailable(f"unexpected output from bench/import_contacts.py: {output[-120:]!r}")
+    peak = re.search(r"sqlite:.*peak RSS so far (\d+) MB", output)
+    row.add(int(match.group(1)) / float(match.group(2)), seconds=float(match.group(2)),
+            **({"peak_rss_mb": float(peak.group(1))} if peak else {}))
+
+
+def measure_preview(render: Row, web: Row, timeout: float) -> None:
+    """bench/render_latency.py (the rendering engineer's): median and p95 of one personal message,
+    and of the web preview request, read from its JSON line (or "median … ms" / "p95 … ms" text)."""
+    output = _script_output("render_latency.py", ["--json"], timeout)
+    data: dict[str, Any] = {}
+    for line in reversed(output.strip().splitlines()):
+        if line.startswith("{"):
+            data = json.loads(line)
+            break
+    if not data:
+        numbers = {k: float(v) for k, v in re.findall(r"(median|p95)[^\d]{0,12}([\d.]+) ?ms", output)}
+        data = {"render_median_ms": numbers.get("median"), "render_p95_ms": numbers.get("p95")}
+    if data.get("render_median_ms") is None:
+        raise endtoend.NotAvailable(f"no median in bench/render_latency.py output: {output[-120:]!r}")
+    render.add(float(data["render_median_ms"]), p95=float(data.get("render_p95_ms") or 0))
+    if data.get("web_median_ms") is not None:
+        web.add(float(data["web_median_ms"]), p95=float(data.get("web_p95_ms") or 0))
+    elif web.problem is None:
+        web.problem = "bench/render_latency.py does not measure the web preview"
+
+
+def run(args: argparse.Namespace) -> dict[str, Row]:
+    n, sessions = args.n, args.sessions
+    mailmerge_n = min(n, args.mailmerge_n)
+    size = len(build_message(load_release(), "Hélène", "journaliste@redaction.example"))
+    rows = {row.key: row for row in [
+        Row(LIMIT, f"Postfix smtp-source → smtp-sink, {sessions} connections (the wire limit)", "msgs/s"),
+        Row(CEILING, f"bare aiosmtplib loop, pre-built bytes, {sessions} connections (Python ceiling)",
+            "msgs/s"),
+        Row("mailmerge", f"mailmerge CLI (PyPI), {mailmerge_n} messages", "msgs/s"),
+        Row("sqlite", "Communiqué end to end, 1 worker, SQLite", "msgs/s"),
+        Row("postgres", f"Communiqué end to end, {args.pg_workers} workers, PostgreSQL", "msgs/s"),
+        Row("import", f"CSV import, {args.import_rows:,} rows (bench/import_contacts.py)", "rows/s"),
+        Row("render", "preview: one personal message rendered (bench/render_latency.py)", "ms"),
+        Row("web", "preview: the web preview request", "ms"),
+    ]}
+    rows["sqlite"].note = rows["postgres"].note = "blast create + worker --until-idle"
+    budget = args.timeout
+    with sinks.running_sink() as sink:
+        if sink.kind != "smtp-sink":
+            rows[LIMIT].problem = "Postfix could not be fetched (apt-get download postfix); aiosmtpd sink"
+        for run_index in range(args.runs):
+            print(f"run {run_index + 1}/{args.runs} …", file=sys.stderr)
+            _attempt(rows[LIMIT], lambda: rows[LIMIT].add(
+                n / sinks.smtp_source(sink.port, n, sessions, size, budget)))
+            _attempt(rows[CEILING], lambda: rows[CEILING].add(
+                n / peers.ceiling(sink.port, n, sessions, budget)))
+            _attempt(rows["mailmerge"], lambda: rows["mailmerge"].add(
+                mailmerge_n / peers.mailmerge(sink.port, mailmerge_n, budget)))
+
+            def blast(row: Row, result: endtoend.Result) -> None:
+                row.add(result.messages / result.seconds,
+                        worker_rate=result.messages / result.worker_seconds,
+                        peak_rss_mb=result.peak_rss_mb, create_seconds=result.create_seconds)
+
+            _attempt(rows["sqlite"], lambda: blast(rows["sqlite"], endtoend.sqlite_blast(
+                sink.port, n, budget)))
+            if args.postgres_url:
+                _attempt(rows["postgres"], lambda: blast(rows["postgres"], endtoend.postgres_blast(
+                    args.postgres_url, sink.port, n, args.pg_workers, budget)))
+            else:
+                rows["postgres"].problem = ("no PostgreSQL URL "
+                                            "(--postgres-url or COMMUNIQUE_TEST_POSTGRES_URL)")
+    for _run in range(args.runs):
+        _attempt(rows["import"], lambda: measure_import(rows["import"], args.import_rows, budget))
+        _attempt(rows["render"], lambda: measure_preview(rows["render"], rows["web"], budget))
+    if rows["render"].problem and rows["web"].problem is None:
+        rows["web"].problem = rows["render"].problem
+    return rows
+
+
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.2f}" if unit == "ms" else f"{value:,.0f}"
+
+
+def table(rows: dict[str, Row], runs: int) -> str:
+    limit, ceiling = rows[LIMIT].median, rows[CEILING].median
+    lines = [f"| measurement (median of {runs}) | value | × wire limit | × Python ceiling | peak RSS "
+             "| notes |",
+             "|---|---:|---:|---:|---:|---|"]
+    for row in rows.values():
+        if row.problem is not None and row.median is None:
+            lines.append(f"| {row.label} | not available | | | | {row.problem} |")
+            continue
+        value = row.median
+        versus_limit = versus_ceiling = ""
+        if row.unit == "msgs/s" and value is not None:
+            versus_limit = f"{value / limit:.2f}" if limit else ""
+            versus_ceiling = f"{value / ceiling:.2f}" if ceiling else ""
+        rss = row.median_of("peak_rss_mb")
+        notes = [row.note] if row.note else []
+        if row.median_of("worker_rate") is not None:
+            notes.append(f"worker alone {row.median_of('worker_rate'):,.0f} msgs/s")
+        if row.median_of("p95") is not None:
+            notes.append(f"p95 {row.median_of('p95'):.2f} ms")
+        if row.problem:
+            notes.append(f"some runs failed: {row.problem}")
+        lines.append(f"| {row.label} | {_number(value, row.unit)} {row.unit} | {versus_limit} | "
+                     f"{versus_ceiling} | {f'{rss:.0f} MB' if rss else ''} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20_000, help="messages per throughput run")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are shown")
+    parser.add_argument("--sessions", type=int, default=16, help="SMTP connections of the peers")
+    parser.add_argument("--mailmerge-n", type=int, default=1000,
+                        help="messages for mailmerge (at ~200/s it would take minutes at full N)")
+    parser.add_argument("--pg-workers", type=int, default=2)
+    parser.add_argument("--postgres-url", default=os.environ.get("COMMUNIQUE_TEST_POSTGRES_URL", ""))
+    parser.add_argument("--import-rows", type=int, default=100_000)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to each process")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rows = run(args)
+    markdown = table(rows, args.runs)
+    print(markdown)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{stamp}.json"
+    path.write_text(json.dumps({
+        "at": stamp, "arguments": vars(args), "seconds": time.perf_counter() - started,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg(), "platform": platform.platform()},
+        "message_bytes": len(build_message(load_release(), "Hélène", "journaliste@redaction.example")),
+        "rows": {key: {"label": row.label, "unit": row.unit, "median": row.median,
+                       "values": row.values, "extra": row.extra, "problem": row.problem}
+                 for key, row in rows.items()},
+        "table": markdown}, indent=2, ensure_ascii=False))
+    print(f"\nraw numbers: {path.relative_to(BENCH.parent)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
