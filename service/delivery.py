@@ -1,0 +1,393 @@
+"""The worker: claim due ledger rows in batches, render each from the release prepared once, send
+over a pool of reused aiosmtplib connections, record every attempt in batches, retry later.
+
+One asyncio loop: a claimer keeps one or two batches ahead in a queue, `smtp_connections` sender
+tasks each own a connection, a recorder writes results in group commits. Database work runs in
+two worker threads (claims, records) so SMTP keeps flowing. A sender waits until its previous
+result is committed before sending the next message, so a SIGKILL can lose the record of at most
+one accepted message per connection (sent again after restart: at most one duplicate each)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .blasts import has_pending_work
+from .config import Settings
+from .db import make_engine, make_session_factory, session_scope
+from .errors import NotFound, RenderError
+from .ledger import (
+    Attempt,
+    Claimed,
+    claim_due_messages,
+    housekeep,
+    pause_on_error_rate,
+    record_attempts,
+    release_claims,
+    running_blast_ids,
+)
+from .models import DeliveryOutcome
+from .rendering import Recipient, prepare_release
+from .smtp_pool import SmtpConnection
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_RELAY_BACKOFF_SECONDS = 60.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RateLimiter:
+    """Spaces sends evenly at `rate` messages per second across the worker (0 = unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_slot = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        slot = max(self.next_slot, now)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+@dataclass
+class _Prepared:
+    release: Any = None
+    error: str | None = None
+    takes_blast_id: bool = False
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    worker_id: str
+    until_idle: bool = False
+    include_due: bool = True  # with a scheduler running, a due blast counts as work
+    stop_event: threading.Event | None = None
+    sent_count: int = 0
+    attempt_count: int = 0
+    _queue: asyncio.Queue[Claimed | None] = field(default_factory=asyncio.Queue)
+    _pending: list[tuple[Attempt, asyncio.Future[None]]] = field(default_factory=list)
+    _to_release: list[int] = field(default_factory=list)
+    _running: set[int] = field(default_factory=set)
+    _prepared: dict[int, _Prepared] = field(default_factory=dict)
+    _domains: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    _in_flight: int = 0
+    _relay_failures: int = 0
+    _relay_down_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self._need_more = asyncio.Event()
+        self._record_wanted = asyncio.Event()
+        self._senders_done = False
+        self._rate = RateLimiter(self.settings.send_rate)
+        self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
+        self._record_pool = ThreadPoolExecutor(1, thread_name_prefix="record")
+
+    # ---- plumbing -------------------------------------------------------------------------
+    async def _db(self, pool: ThreadPoolExecutor, fn: Callable[[Session], T]) -> T:
+        def run() -> T:
+            with session_scope(self.session_factory) as session:
+                return fn(session)
+        return await asyncio.get_running_loop().run_in_executor(pool, run)
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("worker %s: stopping, finishing messages in flight", self.worker_id)
+            self._stopping.set()
+            self._need_more.set()
+
+    async def _watch_stop_event(self) -> None:
+        while not self._stopping.is_set():
+            if self.stop_event is not None and self.stop_event.is_set():
+                self.stop()
+                return
+            await asyncio.sleep(0.1)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up early when asked to stop or when senders want more rows."""
+        self._need_more.clear()
+        try:
+            await asyncio.wait_for(self._need_more.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # ---- claimer --------------------------------------------------------------------------
+    def _claim(self, session: Session, limit: int) -> tuple[list[int], list[Claimed]]:
+        running = running_blast_ids(session)
+        claimed = claim_due_messages(session, worker_id=self.worker_id, now=_now(), limit=limit,
+                                     blast_ids=running) if limit else []
+        for release_id in {c.release_id for c in claimed} - self._prepared.keys():
+            try:
+                release = prepare_release(session, release_id, self.settings)
+                takes = "blast_id" in inspect.signature(release.render_bytes).parameters
+                self._prepared[release_id] = _Prepared(release, None, takes)
+            except (NotFound, RenderError) as exc:
+                log.error("release %s: cannot be prepared: %s", release_id, exc)
+                self._prepared[release_id] = _Prepared(None, f"the release cannot be rendered: {exc}")
+        return running, claimed
+
+    async def _claimer(self) -> None:
+        batch = self.settings.batch_size
+        last_housekeeping = 0.0
+        while not self._stopping.is_set():
+            limit = batch if self._queue.qsize() < batch else 0
+            try:
+                running, claimed = await self._db(self._claim_pool,
+                                                  lambda s, n=limit: self._claim(s, n))  # type: ignore[misc]
+            except SQLAlchemyError:
+                log.exception("worker %s: claiming failed; retrying", self.worker_id)
+                await self._sleep(self.settings.worker_poll_seconds)
+                continue
+            self._running = set(running)
+            for job in claimed:
+                self._queue.put_nowait(job)
+            if limit and len(claimed) == limit:
+                continue
+            if limit == 0:
+                await self._sleep(self.settings.worker_poll_seconds)
+                continue
+            if time.monotonic() - last_housekeeping >= self.settings.worker_poll_seconds or not claimed:
+                last_housekeeping = time.monotonic()
+                try:
+                    await self._db(self._claim_pool, lambda s: housekeep(s, self.settings, now=_now()))
+                except SQLAlchemyError:
+                    log.exception("worker %s: housekeeping failed", self.worker_id)
+            if claimed:
+                continue
+            if self.until_idle and self._is_locally_idle() and not await self._db(
+                    self._claim_pool, lambda s: has_pending_work(s, now=_now(),
+                                                                 include_due=self.include_due)):
+                if self._is_locally_idle():
+                    log.info("worker %s: nothing left to send", self.worker_id)
+                    self.stop()
+                    return
+            await self._sleep(self.settings.worker_poll_seconds)
+
+    def _is_locally_idle(self) -> bool:
+        return self._queue.empty() and self._in_flight == 0 and not self._pending
+
+    # ---- senders --------------------------------------------------------------------------
+    def _render(self, job: Claimed) -> bytes | str:
+        prepared = self._prepared.get(job.release_id)
+        if prepared is None or prepared.release is None:
+            return prepared.error if prepared else "the release was not prepared"
+        kwargs: dict[str, Any] = {"message_id": job.message_id, "now": _now()}
+        if prepared.takes_blast_id:
+            kwargs["blast_id"] = job.blast_id
+        try:
+            return bytes(prepared.release.render_bytes(Recipient.from_contact(job.contact), **kwargs))
+        except RenderError as exc:
+            return f"render error: {exc}"
+        except Exception as exc:  # a renderer bug must fail this row only, not the whole worker
+            log.exception("message %s: rendering failed", job.id)
+            return f"render error: {type(exc).__name__}: {exc}"
+
+    async def _sender(self) -> None:
+        connection = SmtpConnection(self.settings)
+        try:
+            while (job := await self._queue.get()) is not None:
+                if self._queue.qsize() < self.settings.batch_size:
+                    self._need_more.set()
+                if job.blast_id not in self._running or self._stopping.is_set():
+                    self._to_release.append(job.id)
+                    self._record_wanted.set()
+                    continue
+                self._in_flight += 1
+                try:
+                    await self._deliver(connection, job)
+                finally:
+                    self._in_flight -= 1
+        finally:
+            await connection.close(polite=True)
+
+    async def _deliver(self, connection: SmtpConnection, job: Claimed) -> None:
+        domain = job.email.rpartition("@")[2].lower()
+        limit = self._domains.setdefault(domain, asyncio.Semaphore(self.settings.domain_concurrency))
+        data = self._render(job)
+        started = time.perf_counter()
+        if isinstance(data, str):
+            attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
+        else:
+            async with limit:
+                delay = self._relay_down_until - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._rate.wait()
+                envelope_from = self._prepared[job.release_id].release.envelope_from
+                result = await connection.send(envelope_from, job.email, data)
+            self._note_relay(result.relay_down, result.smtp_reply)
+            attempt = self._attempt(job, result.outcome, result.smtp_code, result.smtp_reply,
+                                    result.error_type, time.perf_counter() - started)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((attempt, done))
+        self._record_wanted.set()
+        await done  # at most one accepted-but-unrecorded message per connection
+
+    def _attempt(self, job: Claimed, outcome: DeliveryOutcome, code: int | None, reply: str | None,
+                 error_type: str | None, duration: float | None) -> Attempt:
+        return Attempt(job.id, job.blast_id, job.contact.id, job.attempts + 1, outcome, code, reply,
+                       error_type, duration, _now())
+
+    def _note_relay(self, down: bool, reply: str | None) -> None:
+        """A dead relay is logged once, then every connection backs off (doubling, up to a minute)."""
+        if down:
+            self._relay_failures += 1
+            if self._relay_failures == 1:
+                log.error("worker %s: cannot reach the relay %s:%s: %s", self.worker_id,
+                          self.settings.smtp_host, self.settings.smtp_port, reply)
+            backoff = min(0.5 * 2 ** min(self._relay_failures - 1, 10), MAX_RELAY_BACKOFF_SECONDS)
+            self._relay_down_until = time.monotonic() + backoff
+        elif self._relay_failures:
+            log.info("worker %s: the relay answers again", self.worker_id)
+            self._relay_failures = 0
+            self._relay_down_until = 0.0
+
+    # ---- recorder -------------------------------------------------------------------------
+    def _record(self, session: Session, attempts: list[Attempt], releases: list[int]) -> list[int]:
+        release_claims(session, releases)
+        record_attempts(session, self.settings, attempts)
+        troubled = {a.blast_id for a in attempts if a.outcome != DeliveryOutcome.sent}
+        return pause_on_error_rate(session, self.settings, troubled, now=_now()) if troubled else []
+
+    async def _recorder(self) -> None:
+        while True:
+            await self._record_wanted.wait()
+            self._record_wanted.clear()
+            batch, self._pending = self._pending, []
+            releases, self._to_release = self._to_release, []
+            if batch or releases:
+                attempts = [a for a, _ in batch]
+                try:
+                    paused = await self._db(self._record_pool,
+                                            lambda s, a=attempts, r=releases: self._record(s, a, r))  # type: ignore[misc]
+                except SQLAlchemyError:
+                    log.exception("worker %s: recording %d results failed; retrying", self.worker_id,
+                                  len(batch))
+                    self._pending[:0], self._to_release[:0] = batch, releases
+                    await asyncio.sleep(1.0)
+                    self._record_wanted.set()
+                    continue
+                self._running.difference_update(paused)
+                self.attempt_count += len(attempts)
+                self.sent_count += sum(1 for a in attempts if a.outcome == DeliveryOutcome.sent)
+                for _, done in batch:
+                    done.set_result(None)
+            if self._senders_done and not self._pending and not self._to_release:
+                return
+
+    # ---- the whole worker -----------------------------------------------------------------
+    async def run(self) -> None:
+        log.info("worker %s: started (%d connections, batch %d)", self.worker_id,
+                 self.settings.smtp_connections, self.settings.batch_size)
+        watcher = asyncio.create_task(self._watch_stop_event())
+        recorder = asyncio.create_task(self._recorder())
+        senders = [asyncio.create_task(self._sender()) for _ in range(self.settings.smtp_connections)]
+        try:
+            await self._claimer()
+        finally:
+            self.stop()
+            while not self._queue.empty():  # claimed but not started: back to the queue
+                job = self._queue.get_nowait()
+                if job is not None:
+                    self._to_release.append(job.id)
+            for _ in senders:
+                self._queue.put_nowait(None)
+            await asyncio.gather(*senders, return_exceptions=True)
+            self._senders_done = True
+            self._record_wanted.set()
+            await recorder
+            watcher.cancel()
+            self._claim_pool.shutdown()
+            self._record_pool.shutdown()
+            log.info("worker %s: stopped after %d attempts, %d sent", self.worker_id,
+                     self.attempt_count, self.sent_count)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _worker_engine(settings: Settings) -> Any:
+    engine = make_engine(settings.database_url)
+    if engine.dialect.name == "postgresql":
+        # The worker commits very often: without waiting for the WAL flush a commit is ~10x
+        # cheaper. A worker crash loses nothing (the server has the commit); only a PostgreSQL
+        # crash could lose the last few hundred milliseconds of results, which are then resent.
+        @event.listens_for(engine, "connect")
+        def _async_commit(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET synchronous_commit TO off")
+            dbapi_connection.commit()
+    return engine
+
+
+async def run_worker_async(settings: Settings, *, until_idle: bool = False,
+                           stop_event: threading.Event | None = None, worker_id: str | None = None,
+                           include_due: bool = True,
+                           session_factory: sessionmaker[Session] | None = None) -> Worker:
+    engine = None
+    if session_factory is None:
+        engine = _worker_engine(settings)
+        session_factory = make_session_factory(engine)
+    worker = Worker(settings, session_factory, worker_id or new_worker_id(), until_idle=until_idle,
+                    include_due=include_due, stop_event=stop_event)
+    loop = asyncio.get_running_loop()
+    handled = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, worker.stop)
+                handled.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    try:
+        await worker.run()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        if engine is not None:
+            engine.dispose()
+    return worker
+
+
+def run_worker(settings: Settings, *, until_idle: bool = False, stop_event: threading.Event | None = None,
+               worker_id: str | None = None, include_due: bool = True,
+               session_factory: sessionmaker[Session] | None = None) -> Worker:
+    """Run the worker until stopped (SIGTERM/SIGINT in the main thread, or `stop_event` from any
+    thread), or with `until_idle` until nothing is queued, sending, deferred or due. Runs its
+    own event loop (uvloop when installed), so it can run in a background thread."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run_worker_async(settings, until_idle=until_idle, stop_event=stop_event,
+                                           worker_id=worker_id, include_due=include_due,
+                                           session_factory=session_factory))

@@ -1,0 +1,260 @@
+"""The ledger (`queued_messages` + `delivery_logs`): claim due rows in batches, record attempts in
+batches, retry with backoff, release stale claims, pause on error rate, finish and stop blasts."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .contacts import mark_bounced
+from .events import EventType, record_event
+from .models import (
+    Blast,
+    BlastEvent,
+    BlastStatus,
+    Contact,
+    DeliveryLog,
+    DeliveryOutcome,
+    MessageStatus,
+    QueuedMessage,
+)
+
+log = logging.getLogger(__name__)
+
+PENDING = (MessageStatus.queued, MessageStatus.sending, MessageStatus.deferred)
+STOPPED_REPLY = "not sent: the blast's \"stop sending after\" time passed"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """One claimed ledger row with what is needed to render and send it."""
+
+    id: int
+    blast_id: int
+    release_id: int
+    email: str
+    message_id: str
+    attempts: int
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The result of one SMTP attempt, to be recorded."""
+
+    row_id: int
+    blast_id: int
+    contact_id: int
+    attempt: int
+    outcome: DeliveryOutcome
+    smtp_code: int | None
+    smtp_reply: str | None
+    error_type: str | None
+    duration_seconds: float | None
+    at: datetime
+
+
+def running_blast_ids(session: Session) -> list[int]:
+    return list(session.scalars(select(Blast.id).where(Blast.status == BlastStatus.running)))
+
+
+def claim_due_messages(session: Session, *, worker_id: str, now: datetime, limit: int,
+                       blast_ids: Sequence[int]) -> list[Claimed]:
+    """Move up to `limit` due rows (queued, or deferred and due) of the given running blasts to
+    `sending`, in one short transaction. On PostgreSQL the rows are picked with FOR UPDATE SKIP
+    LOCKED, so concurrent workers never take the same row; SQLite serializes writers."""
+    if not blast_ids:
+        return []
+    table = QueuedMessage.__table__
+    pick = (select(table.c.id)
+            .where(table.c.blast_id.in_(list(blast_ids)),
+                   or_(table.c.status == MessageStatus.queued,
+                       and_(table.c.status == MessageStatus.deferred, table.c.next_attempt_at <= now)))
+            .order_by(table.c.id).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    ids = list(session.scalars(
+        update(table).where(table.c.id.in_(pick.scalar_subquery()))
+        .values(status=MessageStatus.sending, claimed_at=now, claimed_by=worker_id, updated_at=now)
+        .returning(table.c.id)))
+    if not ids:
+        return []
+    rows = session.execute(
+        select(QueuedMessage.id, QueuedMessage.blast_id, Blast.release_id, QueuedMessage.email,
+               QueuedMessage.message_id, QueuedMessage.attempts, Contact)
+        .join(Blast, Blast.id == QueuedMessage.blast_id)
+        .join(Contact, Contact.id == QueuedMessage.contact_id)
+        .where(QueuedMessage.id.in_(ids)).order_by(QueuedMessage.id))
+    return [Claimed(*row) for row in rows]
+
+
+def release_claims(session: Session, row_ids: Iterable[int]) -> int:
+    """Put claimed but unsent rows back in the queue (blast paused, worker stopping)."""
+    ids = list(row_ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(QueuedMessage).where(QueuedMessage.id.in_(ids), QueuedMessage.status == MessageStatus.sending)
+        .values(status=MessageStatus.queued, claimed_at=None, claimed_by=None)
+        .execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def release_stale_claims(session: Session, settings: Settings, *, now: datetime) -> int:
+    """A `sending` row whose lease ran out belongs to a worker that died: queue it again."""
+    cutoff = now - timedelta(seconds=settings.lease_seconds)
+    result = session.execute(
+        update(QueuedMessage).where(QueuedMessage.status == MessageStatus.sending,
+                                    QueuedMessage.claimed_at < cutoff)
+        .values(status=MessageStatus.queued, claimed_at=None, claimed_by=None)
+        .execution_options(synchronize_session=False))
+    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if count:
+        log.warning("released %d stale claims (lease of %ss ran out)", count, settings.lease_seconds)
+    return count
+
+
+def _backoff(settings: Settings, attempt: int) -> timedelta:
+    delay = settings.retry_base_seconds * 2 ** min(max(attempt - 1, 0), 20)
+    return timedelta(seconds=delay * random.uniform(1.0, 1.2))  # jitter spreads the retries
+
+
+def record_attempts(session: Session, settings: Settings, attempts: Sequence[Attempt]) -> None:
+    """Write one batch of results: an executemany UPDATE of the rows, a bulk INSERT of the logs,
+    contacts marked bounced. A deferral past the retry lifetime becomes a failure."""
+    if not attempts:
+        return
+    table = QueuedMessage.__table__
+    deferred_ids = [a.row_id for a in attempts if a.outcome == DeliveryOutcome.deferred]
+    first_at: dict[int, datetime] = {}
+    if deferred_ids:
+        first_at = dict(session.execute(  # type: ignore[arg-type]
+            select(DeliveryLog.queued_message_id, func.min(DeliveryLog.at))
+            .where(DeliveryLog.queued_message_id.in_(deferred_ids))
+            .group_by(DeliveryLog.queued_message_id)).all())
+    updates, logs = [], []
+    for a in attempts:
+        status, reply, next_at = MessageStatus(a.outcome), a.smtp_reply, None
+        if a.outcome == DeliveryOutcome.deferred:
+            started = first_at.get(a.row_id, a.at)
+            if (a.at - started).total_seconds() >= settings.retry_max_age_seconds:
+                status = MessageStatus.failed
+                reply = f"gave up after {a.attempt} attempts since {started.isoformat()}: {a.smtp_reply}"
+            else:
+                next_at = a.at + _backoff(settings, a.attempt)
+        updates.append({"b_id": a.row_id, "b_status": status, "b_attempts": a.attempt,
+                        "b_next": next_at, "b_code": a.smtp_code, "b_reply": reply, "b_at": a.at,
+                        "b_sent": a.at if status == MessageStatus.sent else None})
+        logs.append({"queued_message_id": a.row_id, "blast_id": a.blast_id, "attempt": a.attempt,
+                     "outcome": str(a.outcome), "smtp_code": a.smtp_code, "smtp_reply": a.smtp_reply,
+                     "error_type": a.error_type, "duration_seconds": a.duration_seconds, "at": a.at})
+    # A row already recorded as sent never goes back (a late duplicate result must not undo it).
+    session.execute(
+        update(table).where(table.c.id == bindparam("b_id"), table.c.status != MessageStatus.sent)
+        .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
+                next_attempt_at=bindparam("b_next"), last_smtp_code=bindparam("b_code"),
+                last_smtp_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
+                sent_at=bindparam("b_sent"), claimed_at=None, claimed_by=None),
+        updates, execution_options={"synchronize_session": False})
+    session.execute(insert(DeliveryLog.__table__), logs)
+    for a in attempts:
+        if a.outcome == DeliveryOutcome.bounced:
+            mark_bounced(session, a.contact_id, now=a.at)
+
+
+def pause_on_error_rate(session: Session, settings: Settings, blast_ids: Iterable[int], *,
+                        now: datetime) -> list[int]:
+    """Pause a running blast when failed/deferred attempts reach the threshold share of its last
+    `error_window` attempts (a full window is needed, so a few bad addresses never pause it)."""
+    paused = []
+    for blast_id in set(blast_ids):
+        recent = session.execute(
+            select(DeliveryLog.outcome, DeliveryLog.smtp_code, DeliveryLog.smtp_reply)
+            .where(DeliveryLog.blast_id == blast_id)
+            .order_by(DeliveryLog.id.desc()).limit(settings.error_window)).all()
+        if len(recent) < settings.error_window:
+            continue
+        bad = [r for r in recent if r.outcome in (DeliveryOutcome.failed, DeliveryOutcome.deferred)]
+        if len(bad) / len(recent) < settings.error_pause_threshold:
+            continue
+        sample = bad[0]
+        reason = (f"the relay refused {len(bad)} of the last {len(recent)} attempts: "
+                  f"{sample.smtp_code or ''} {sample.smtp_reply or ''}".strip())
+        result = session.execute(update(Blast).where(Blast.id == blast_id,
+                                                     Blast.status == BlastStatus.running)
+                                 .values(status=BlastStatus.paused, paused_reason=reason[:2000],
+                                         updated_at=now)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            session.add(BlastEvent(blast_id=blast_id, action="paused", actor="worker", detail=reason,
+                                   at=now))
+            record_event(session, EventType.blast_paused, {"blast_id": blast_id, "reason": reason},
+                         now=now)
+            log.warning("blast %s: paused, %s", blast_id, reason)
+            paused.append(blast_id)
+    return paused
+
+
+def finish_done_blasts(session: Session, *, now: datetime) -> list[int]:
+    """A running blast with no row left queued, sending or deferred is finished."""
+    pending = exists().where(QueuedMessage.blast_id == Blast.id, QueuedMessage.status.in_(PENDING))
+    finished = []
+    for blast_id in session.scalars(select(Blast.id).where(Blast.status == BlastStatus.running, ~pending)):
+        result = session.execute(update(Blast).where(Blast.id == blast_id,
+                                                     Blast.status == BlastStatus.running,
+                                                     ~exists().where(QueuedMessage.blast_id == blast_id,
+                                                                     QueuedMessage.status.in_(PENDING)))
+                                 .values(status=BlastStatus.finished, finished_at=now, updated_at=now)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            _record_finish(session, blast_id, "finished", now)
+            finished.append(blast_id)
+    return finished
+
+
+def stop_overdue_blasts(session: Session, *, now: datetime) -> list[int]:
+    """Past "stop sending after": rows not yet sent fail with a clear reply and the blast is
+    `expired` (it did not reach everyone in time; resend_to_unsent can pick them up)."""
+    stopped = []
+    for blast_id in session.scalars(select(Blast.id).where(
+            Blast.status.in_([BlastStatus.running, BlastStatus.paused]), Blast.stop_after < now)):
+        result = session.execute(update(Blast).where(Blast.id == blast_id,
+                                                     Blast.status.in_([BlastStatus.running,
+                                                                       BlastStatus.paused]))
+                                 .values(status=BlastStatus.expired, finished_at=now, updated_at=now)
+                                 .execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        session.execute(update(QueuedMessage).where(
+            QueuedMessage.blast_id == blast_id,
+            QueuedMessage.status.in_([MessageStatus.queued, MessageStatus.deferred]))
+            .values(status=MessageStatus.failed, last_smtp_reply=STOPPED_REPLY, next_attempt_at=None,
+                    updated_at=now).execution_options(synchronize_session=False))
+        _record_finish(session, blast_id, "expired", now, STOPPED_REPLY)
+        stopped.append(blast_id)
+    return stopped
+
+
+def _record_finish(session: Session, blast_id: int, action: str, now: datetime,
+                   detail: str | None = None) -> None:
+    counts = dict(session.execute(select(QueuedMessage.status, func.count())  # type: ignore[arg-type]
+                                  .where(QueuedMessage.blast_id == blast_id)
+                                  .group_by(QueuedMessage.status)).all())
+    session.add(BlastEvent(blast_id=blast_id, action=action, detail=detail, at=now))
+    record_event(session, EventType.blast_finished,
+                 {"blast_id": blast_id, "status": action, "counts": {str(k): v for k, v in counts.items()}},
+                 now=now)
+    log.info("blast %s: %s (%s)", blast_id, action, counts)
+
+
+def housekeep(session: Session, settings: Settings, *, now: datetime) -> None:
+    release_stale_claims(session, settings, now=now)
+    stop_overdue_blasts(session, now=now)
+    finish_done_blasts(session, now=now)

@@ -1,0 +1,212 @@
+"""The worker against a real SMTP server: outcomes, retries, bounces, dropped connections, slow
+server, error-rate pause, pause/resume without duplicates, cancel, test sends."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from test_blasts import add_list, add_release, ledger
+
+from service import blasts
+from service.config import Settings
+from service.delivery import run_worker
+from service.models import (
+    Blast,
+    BlastStatus,
+    Contact,
+    ContactStatus,
+    DeliveryLog,
+    MessageStatus,
+    QueuedMessage,
+)
+from service.smtp_pool import classify_reply
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def start(session: Session, settings: Settings, count: int, **list_fields: object) -> Blast:
+    add_list(session, "presse", count, **list_fields)
+    release = add_release(session)
+    blast = blasts.create_blast(session, settings, release_id=release.id, list_names=["presse"], now=now())
+    session.commit()
+    return blast
+
+
+def logs(session: Session, email: str) -> list[DeliveryLog]:
+    row_id = session.scalar(select(QueuedMessage.id).where(QueuedMessage.email == email))
+    return list(session.scalars(select(DeliveryLog).where(DeliveryLog.queued_message_id == row_id)
+                                .order_by(DeliveryLog.id)))
+
+
+def row(session: Session, email: str) -> QueuedMessage:
+    session.expire_all()
+    found = session.scalar(select(QueuedMessage).where(QueuedMessage.email == email))
+    session.commit()  # end the read: on SQLite every transaction holds the write lock
+    assert found is not None
+    return found
+
+
+def test_every_recipient_gets_one_message_over_reused_connections(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A blast of 30 is sent once to each recipient, over no more connections than the pool, each
+    message with its ledger Message-ID, and the blast is finished."""
+    settings = dataclasses.replace(smtp_settings, smtp_connections=4, batch_size=7)
+    blast = start(db, settings, 30)
+    worker = run_worker(settings, until_idle=True, include_due=False)
+    assert worker.sent_count == 30
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 30
+    assert smtpd.handler.connections <= 4
+    assert ledger(db, blast.id)["sent"] == 30
+    assert db.get(Blast, blast.id).status == BlastStatus.finished  # type: ignore[union-attr]
+    message = smtpd.handler.received_by("j7@example.net")[0].message()
+    assert message["Message-ID"] == row(db, "j7@example.net").message_id
+    assert len(db.scalars(select(DeliveryLog)).all()) == 30
+
+
+def test_temporary_replies_are_retried_until_accepted(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """421 then 451 at RCPT defer the message twice with backoff; the third attempt is accepted."""
+    smtpd.handler.fail("j1@example.net", 421, "4.7.0 Try again later", times=1)
+    smtpd.handler.fail("j2@example.net", 451, "4.3.0 Temporary local problem", times=2)
+    blast = start(db, smtp_settings, 3)
+    run_worker(smtp_settings, until_idle=True, include_due=False)
+    assert ledger(db, blast.id)["sent"] == 3
+    assert row(db, "j1@example.net").attempts == 2 and row(db, "j2@example.net").attempts == 3
+    assert [(entry.outcome, entry.smtp_code) for entry in logs(db, "j2@example.net")] == [
+        ("deferred", 451), ("deferred", 451), ("sent", 250)]
+    assert smtpd.handler.recipient_counts()["j2@example.net"] == 1
+
+
+def test_permanent_refusal_fails_and_no_such_user_bounces_the_contact(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """550 fails the row after one attempt; 550 5.1.1 bounces it and marks the contact bounced."""
+    smtpd.handler.fail("j0@example.net", 550, "5.7.1 Message rejected as spam")
+    smtpd.handler.fail("j1@example.net", 550, "5.1.1 No such user here")
+    blast = start(db, smtp_settings, 3)
+    run_worker(smtp_settings, until_idle=True, include_due=False)
+    failed, bounced = row(db, "j0@example.net"), row(db, "j1@example.net")
+    assert (failed.status, failed.attempts, failed.last_smtp_code) == (MessageStatus.failed, 1, 550)
+    assert bounced.status == MessageStatus.bounced and "5.1.1" in (bounced.last_smtp_reply or "")
+    contact = db.scalar(select(Contact).where(Contact.email == "j1@example.net"))
+    assert contact is not None and contact.status == ContactStatus.bounced
+    assert ledger(db, blast.id)["sent"] == 1
+    assert db.get(Blast, blast.id).status == BlastStatus.finished  # type: ignore[union-attr]
+
+
+def test_connection_dropped_during_data_is_deferred_then_sent(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A connection closed during DATA is logged as 444 (no reply), the connection replaced, and the
+    message sent on the next attempt; the others are not disturbed."""
+    smtpd.handler.fail("j1@example.net", 0, "", times=1, at="drop")
+    blast = start(db, smtp_settings, 4)
+    run_worker(dataclasses.replace(smtp_settings, smtp_connections=1), until_idle=True, include_due=False)
+    assert [(entry.outcome, entry.smtp_code) for entry in logs(db, "j1@example.net")] == [
+        ("deferred", 444), ("sent", 250)]
+    assert ledger(db, blast.id)["sent"] == 4
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 4
+
+
+def test_slow_server_times_out_then_succeeds(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A server slower than the command timeout defers (444, timeout); once it speeds up the message
+    goes out. Duplicates are possible only for the timed-out attempt, which the server dropped."""
+    smtpd.handler.delay_seconds = 1.5
+    settings = dataclasses.replace(smtp_settings, smtp_timeout_seconds=0.5, smtp_connections=1)
+    blast = start(db, settings, 1)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(settings,), kwargs={"stop_event": stop,
+                                                                          "include_due": False})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not row(db, "j0@example.net").attempts:
+        time.sleep(0.05)
+    smtpd.handler.delay_seconds = 0
+    while time.monotonic() < deadline and ledger(db, blast.id)["sent"] != 1:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    first = logs(db, "j0@example.net")[0]
+    assert (first.outcome, first.smtp_code) == ("deferred", 444) and "Timeout" in (first.error_type or "")
+    assert ledger(db, blast.id)["sent"] == 1
+
+
+def test_error_rate_pauses_the_blast_with_the_reason(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """When the relay refuses most of the recent attempts, the blast pauses itself and says why."""
+    settings = dataclasses.replace(smtp_settings, error_window=10, error_pause_threshold=0.5, batch_size=5,
+                                   smtp_connections=2)
+    for i in range(40):
+        smtpd.handler.fail(f"j{i}@example.net", 554, "5.7.1 Relay access denied")
+    blast = start(db, settings, 40)
+    run_worker(settings, until_idle=True, include_due=False)
+    db.expire_all()
+    paused = db.get(Blast, blast.id)
+    assert paused is not None and paused.status == BlastStatus.paused
+    assert "refused" in (paused.paused_reason or "") and "554" in (paused.paused_reason or "")
+    counts = ledger(db, blast.id)
+    assert counts["failed"] < 40 and counts["queued"] > 0 and counts["sending"] == 0
+
+
+def test_pause_and_resume_send_nothing_twice(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """Pausing mid-blast stops claiming; resuming sends the rest; nobody gets the message twice."""
+    settings = dataclasses.replace(smtp_settings, send_rate=100, batch_size=10, smtp_connections=2)
+    blast = start(db, settings, 60)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(settings,), kwargs={"stop_event": stop,
+                                                                          "include_due": False})
+    thread.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and ledger(db, blast.id)["sent"] < 10:
+        time.sleep(0.02)
+    blasts.pause_blast(db, blast.id, actor="amal", now=now())
+    db.commit()
+    time.sleep(0.5)
+    frozen = ledger(db, blast.id)
+    assert 10 <= frozen["sent"] < 60 and frozen["sending"] == 0
+    time.sleep(0.3)
+    assert len(smtpd.messages) == frozen["sent"]
+    blasts.resume_blast(db, blast.id, actor="amal", now=now())
+    db.commit()
+    while time.monotonic() < deadline and ledger(db, blast.id)["sent"] < 60:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(10)
+    assert ledger(db, blast.id)["sent"] == 60
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 60
+
+
+def test_cancelled_blast_is_not_sent(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A cancelled blast's rows are never claimed; the worker has nothing to do."""
+    blast = start(db, smtp_settings, 5)
+    blasts.cancel_blast(db, blast.id, actor="amal", now=now())
+    db.commit()
+    worker = run_worker(smtp_settings, until_idle=True, include_due=False)
+    assert worker.attempt_count == 0 and smtpd.messages == []
+    assert ledger(db, blast.id)["queued"] == 5
+
+
+def test_test_send_goes_outside_the_ledger_with_a_marked_subject(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A test send reaches each given address with [TEST] in the subject and writes no ledger row."""
+    add_list(db, "presse", 1)
+    release = add_release(db)
+    contact = db.scalar(select(Contact))
+    assert contact is not None
+    smtpd.handler.fail("nobody@example.org", 550, "5.1.1 No such user")
+    results = blasts.send_test(db, smtp_settings, release.id, ["Amal@Example.org", "nobody@example.org"],
+                               as_contact_id=contact.id, now=now())
+    assert [r["outcome"] for r in results] == ["sent", "bounced"]
+    message = smtpd.handler.received_by("amal@example.org")[0].message()
+    assert message["Subject"].startswith("[TEST]")
+    assert db.scalars(select(QueuedMessage)).all() == []
+
+
+def test_reply_classification_follows_the_temporary_permanent_rule() -> None:
+    """2xx sent; 4xx and 552 deferred (421/452 reconnect); 5xx failed; 5.1.x bounced."""
+    assert classify_reply(250, "OK").outcome == "sent"
+    assert classify_reply(452, "4.5.3 Too many recipients").reconnect
+    assert classify_reply(552, "5.2.2 Mailbox full").outcome == "deferred"
+    assert classify_reply(554, "5.7.1 Rejected").outcome == "failed"
+    assert classify_reply(550, "5.1.1 User unknown").outcome == "bounced"
+
+
