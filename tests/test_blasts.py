@@ -52,7 +52,8 @@ def add_list(session: Session, name: str, count: int, *, start: int = 0, domain:
     new_rows = [r for r in rows if r["email_key"] not in existing]
     if new_rows:
         session.execute(insert(Contact), new_rows)
-    ids = list(session.scalars(select(Contact.id).where(Contact.email_key.in_([r["email_key"] for r in rows]))))
+    keys = [r["email_key"] for r in rows]
+    ids = list(session.scalars(select(Contact.id).where(Contact.email_key.in_(keys))))
     session.execute(insert(list_memberships), [{"list_id": contact_list.id, "contact_id": i} for i in ids])
     session.commit()
     return contact_list
