@@ -60,6 +60,12 @@ _MEDIA_BY_NAME = {name: media for media, names in _MEDIA_TYPES.items() for name 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SPACES = re.compile(r"\s+")
 _TAG_SPLIT = re.compile(r"[,;|]")
+# A dot-atom local part of plain ASCII (RFC 5322 atext, minus the rare symbols): always valid.
+_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+\-]+(\.[A-Za-z0-9_+\-]+)*\Z")
+# RFC 2142 mailbox names, which email-validator lower-cases: left to it, not to the fast path.
+_ROLE_MAILBOXES = frozenset({"info", "marketing", "sales", "support", "abuse", "noc", "security",
+                             "postmaster", "hostmaster", "usenet", "news", "webmaster", "www",
+                             "uucp", "ftp"})
 _LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
 
 
@@ -74,6 +80,8 @@ def clean_text(value: Any) -> str | None:
     """One line of printable text: CR/LF, tabs and control characters become single spaces."""
     if value is None:
         return None
+    if isinstance(value, str) and value.isprintable() and value.isascii() and "  " not in value:
+        return value.strip() or None
     text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value)))).strip()
     return text or None
 
@@ -82,16 +90,36 @@ def normalize_email(raw: str) -> tuple[str, str]:
     """Validate an address (syntax only, no DNS) -> (normalized address, case-insensitive key).
 
     Trimmed, domain lower-cased, IDN domains kept in their Unicode form."""
-    candidate = clean_text(raw or "") or ""
-    candidate = candidate.strip("<>").strip()
+    candidate = (clean_text(raw or "") or "").strip("<>").strip()
     if not candidate:
         raise ValidationError(FieldError("email", "is required"))
+    local, _, domain = candidate.rpartition("@")
     try:
-        info = validate_email(candidate, check_deliverability=False)
+        if _PLAIN_LOCAL.match(local) and local.lower() not in _ROLE_MAILBOXES:
+            normalized = _plain_address(local, domain)
+        else:
+            normalized = validate_email(candidate, check_deliverability=False).normalized
     except EmailNotValidError as exc:
         raise ValidationError(FieldError("email", f"not a valid address: {exc}",
                                          value=candidate)) from exc
-    return info.normalized, info.normalized.lower()
+    return normalized, normalized.lower()
+
+
+def _plain_address(local: str, domain: str) -> str:
+    """The common case, fast: a plain ASCII dot-atom before the @ is valid and normalizes to
+    itself, so only the domain needs email-validator, once per domain (a list has few)."""
+    unicode_domain, ascii_domain = _validate_domain(domain)
+    normalized = f"{local}@{unicode_domain}"
+    if max(len(candidate.encode()) for candidate in (
+            f"{local}@{domain}", normalized, f"{local}@{ascii_domain}")) > 254:
+        return str(validate_email(f"{local}@{domain}", check_deliverability=False).normalized)
+    return normalized
+
+
+@lru_cache(maxsize=4096)
+def _validate_domain(domain: str) -> tuple[str, str]:
+    info = validate_email(f"x@{domain}", check_deliverability=False)
+    return info.domain, info.ascii_domain
 
 
 @lru_cache(maxsize=4096)
@@ -221,12 +249,12 @@ def _language_names() -> dict[str, str]:
     names: dict[str, str] = {}
     translations = [gettext.translation("iso639-3", pycountry.LOCALES_DIR, languages=[locale])
                     for locale in _LOCALES]
-    # Languages with a two-letter code first: they win a name shared with a rarer language.
-    languages = sorted(pycountry.languages, key=lambda language: not hasattr(language, "alpha_2"))
-    for language in languages:
-        if getattr(language, "type", "L") != "L":
+    # Names of the languages with a two-letter code (the ones contact lists use); any other
+    # language is accepted by its code ("zgh", "ary"), or through the aliases.
+    for language in pycountry.languages:
+        code = getattr(language, "alpha_2", None)
+        if code is None:
             continue
-        code = getattr(language, "alpha_2", None) or language.alpha_3
         for name in (language.name, getattr(language, "common_name", "")):
             if name:
                 names.setdefault(fold(name), code)

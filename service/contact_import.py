@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from .contact_fields import FIELDS, fold, tags_column, validate_contact
 from .contacts import add_memberships, get_or_create_list
+from .db import UTCDateTime
 from .errors import FieldError, ValidationError
 from .models import Contact, ContactStatus, Suppression
 
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2000
 MERGED_FIELDS = tuple(name for name in FIELDS if name not in ("email", "tags"))
+WRITTEN = ("email", "email_key", *MERGED_FIELDS, "tags", "status")
 
 HEADERS: dict[str, tuple[str, ...]] = {
     "email": ("email", "e mail", "mail", "courriel", "mel", "adresse email", "adresse e mail",
@@ -306,18 +309,54 @@ def _import_chunk(session: Session, chunk: list[tuple[int, dict[str, Any]]], lis
         if record.status != ContactStatus.active:
             report.not_mailable += 1
     if new:
-        inserted = session.execute(
-            insert(Contact).returning(Contact.id, Contact.email_key),
-            [{**record.row(), "created_at": now, "updated_at": now} for record in new.values()])
+        inserted = _insert_contacts(session, [record.row() for record in new.values()], now)
         for contact_id, key in inserted:
             records[key].id = contact_id
-    changed_rows = [{**record.row(), "id": record.id, "updated_at": now}
-                    for key, record in records.items() if record.dirty and key not in new]
-    if changed_rows:
-        session.execute(update(Contact), changed_rows)
+    changed = [{**record.row(), "id": record.id} for key, record in records.items()
+               if record.dirty and key not in new]
+    if changed:
+        _update_contacts(session, changed, now)
     if list_id is not None:
         add_memberships(session, list_id, [record.id for record in records.values()
                                            if record.id is not None])
+
+
+def _insert_contacts(session: Session, rows: list[dict[str, Any]],
+                     now: datetime) -> list[tuple[int, str]]:
+    """Insert a chunk, returning (id, email_key). PostgreSQL gets one INSERT ... SELECT FROM
+    unnest(arrays): a many-VALUES statement of 2,000 rows costs psycopg more to parse than the
+    database to run. SQLite gets a Core executemany (the ORM's costs three times as much)."""
+    table = Contact.__table__
+    stamps = {"created_at": now, "updated_at": now}
+    if session.get_bind().dialect.name == "postgresql":
+        source = _unnested(rows, WRITTEN)
+        statement = insert(table).from_select(
+            [*WRITTEN, *stamps],
+            select(*(source.c[name] for name in WRITTEN),
+                   *(literal(value, UTCDateTime()) for value in stamps.values())))
+        return [(row.id, row.email_key) for row in session.execute(
+            statement.returning(table.c.id, table.c.email_key))]
+    result = session.execute(insert(table).returning(table.c.id, table.c.email_key),
+                             [{**row, **stamps} for row in rows])
+    return [(row.id, row.email_key) for row in result]
+
+
+def _update_contacts(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    table = Contact.__table__
+    if session.get_bind().dialect.name == "postgresql":
+        source = _unnested(rows, ("id", *WRITTEN))
+        session.execute(update(table).where(table.c.id == source.c.id).values(
+            {**{name: source.c[name] for name in WRITTEN}, "updated_at": now}))
+    else:
+        session.execute(update(Contact), [{**row, "updated_at": now} for row in rows])
+
+
+def _unnested(rows: list[dict[str, Any]], names: tuple[str, ...]) -> Any:
+    """unnest(:a, :b, ...) AS t(a, b, ...): one array parameter per column (PostgreSQL)."""
+    table = Contact.__table__
+    arrays = [bindparam(f"rows_{name}", [row[name] for row in rows],
+                        type_=postgresql.ARRAY(table.c[name].type)) for name in names]
+    return func.unnest(*arrays).table_valued(*names).render_derived()
 
 
 def _stored_records(session: Session, keys: list[str]) -> dict[str, _Record]:

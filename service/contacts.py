@@ -12,7 +12,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sqlalchemy import ColumnElement, Select, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -239,8 +251,11 @@ def add_memberships(session: Session, list_id: int, contact_ids: Sequence[int]) 
         return
     dialect = session.get_bind().dialect.name
     rows = [{"list_id": list_id, "contact_id": contact_id} for contact_id in contact_ids]
-    if dialect == "postgresql":
-        session.execute(postgresql.insert(list_memberships).on_conflict_do_nothing(), rows)
+    if dialect == "postgresql":  # one statement over an array, not one row per parameter set
+        ids = bindparam("contact_ids", list(contact_ids), type_=postgresql.ARRAY(Integer))
+        session.execute(postgresql.insert(list_memberships).from_select(
+            ["list_id", "contact_id"], select(literal(list_id), func.unnest(ids)))
+            .on_conflict_do_nothing())
     elif dialect == "sqlite":
         session.execute(sqlite.insert(list_memberships).on_conflict_do_nothing(), rows)
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
