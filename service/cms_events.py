@@ -15,9 +15,10 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from . import blasts, releases
 from .config import Settings
 from .errors import FieldError, ValidationError
-from .models import Blast, BlastStatus, Release
+from .models import Blast, BlastStatus, Release, Role
 from .openapi import validation_errors
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,6 @@ def validate_payload(payload: Any) -> dict[str, Any]:
 def apply_cms_event(session: Session, settings: Settings, payload: dict[str, Any], *,
                     now: datetime) -> dict[str, Any]:
     """Apply one verified, schema-valid event; returns the JSON answer (kept for replays)."""
-    global blasts, releases
-    from . import blasts, releases  # TEMP until those modules land
-
     event_type, data = payload["type"], payload["data"]
     release = session.scalar(select(Release).where(Release.external_id == data["external_id"]))
     if event_type == PUBLISHED:
@@ -129,7 +127,9 @@ def _publish(session: Session, settings: Settings, release: Release | None, data
     send_at = _datetime(data, "send_at")
     blast = blasts.create_blast(
         session, settings, release_id=release.id, list_names=data["lists"],
-        send_at=max(send_at, now) if send_at else now, actor=ACTOR, now=now)
+        send_at=max(send_at, now) if send_at else now, actor=ACTOR, now=now,
+        # The CMS publishes like an editor: with approval required, a sender must approve.
+        actor_role=Role.editor)
     log.info("release %s: blast %s %s from cms event", release.id, blast.id, blast.status)
     return _answer(PUBLISHED, "created", release=release, blast=blast)
 

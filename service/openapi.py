@@ -129,7 +129,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     for status, (content_type, schema) in op.responses.items():
         entry: dict[str, Any] = {"description": "Success"}
         if status != 204:
-            entry["content"] = {content_type: {"schema": schema or {}}}
+            entry["content"] = {kind: {"schema": schema or {}} for kind in content_type.split(",")}
         responses[str(status)] = entry
     for status in sorted({401, *op.errors} | ({400, 415} if op.body else set())):
         responses[str(status)] = {

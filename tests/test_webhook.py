@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import uuid
@@ -15,10 +16,18 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from service import create_app
+from service import contacts, create_app
 from service.cli import main
 from service.config import Settings
-from service.models import Blast, Release, WebhookDelivery
+from service.delivery import run_worker
+from service.models import (
+    Blast,
+    BlastStatus,
+    MessageStatus,
+    QueuedMessage,
+    Release,
+    WebhookDelivery,
+)
 
 OTHER_SECRET = "whsec_" + "b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMh"
 
@@ -61,9 +70,13 @@ def client_for(settings: Settings) -> Iterator[FlaskClient]:
 
 
 def counts(db) -> tuple[int, int, int]:
+    """Rows of releases, blasts and webhook deliveries (the read ends its transaction: SQLite
+    takes the write lock at BEGIN, and the app under test needs it)."""
     db.expire_all()
-    return tuple(db.scalar(select(func.count()).select_from(model))  # type: ignore[return-value]
-                 for model in (Release, Blast, WebhookDelivery))
+    result = tuple(db.scalar(select(func.count()).select_from(model))
+                   for model in (Release, Blast, WebhookDelivery))
+    db.commit()
+    return result  # type: ignore[return-value]
 
 
 def test_bad_or_missing_signature_is_refused_and_nothing_stored(client, settings, db):
@@ -174,3 +187,194 @@ def test_cli_sign_prints_headers_the_endpoint_accepts(runner, client, settings, 
     assert response.json["errors"][0]["field"] == "data.lists"
     human = runner.invoke(main, ["webhook", "sign", str(path)])
     assert human.output.startswith("webhook-id: msg_")
+
+
+# ---- events applied ---------------------------------------------------------------------------
+
+LATER = "2030-01-15T09:00:00+01:00"
+
+
+@pytest.fixture
+def journalists(db) -> list[int]:
+    """Two contacts on the list the CMS names."""
+    now = datetime.now(UTC)
+    ids = [contacts.create_contact(db, {"email": email, "first_name": name}, now=now,
+                                   list_names=["presse-nationale"]).id
+           for email, name in (("amina@lematin.example.ma", "Amina"),
+                               ("karim@medias24.example.ma", "Karim"))]
+    db.commit()
+    return ids
+
+
+def blasts_of(db, external_id: str = "wp-1842") -> list[Blast]:
+    db.expire_all()
+    result = list(db.scalars(select(Blast).join(Release).where(Release.external_id == external_id)))
+    for blast in result:
+        _ = blast.lists
+    db.commit()
+    return result
+
+
+def release_of(db, release_id: int) -> Release:
+    db.expire_all()
+    release = db.get(Release, release_id)
+    _ = release.attachments
+    db.commit()
+    return release
+
+
+def queued_count(db) -> int:
+    count = db.scalar(select(func.count()).select_from(QueuedMessage))
+    db.commit()
+    return int(count)
+
+
+def test_publication_schedules_exactly_one_blast_and_replay_creates_nothing(
+        client, settings, db, journalists):
+    """A valid release.published creates the release and one blast; the same delivery replayed
+    returns the first answer and creates nothing."""
+    response, headers = post(client, settings, payload(send_at=LATER))
+    assert response.status_code == 200, response.json
+    answer = response.json
+    assert (answer["action"], answer["blast_status"]) == ("created", "scheduled")
+    [blast] = blasts_of(db)
+    assert blast.id == answer["blast_id"] and blast.send_at == datetime.fromisoformat(LATER)
+    assert [c.name for c in blast.lists] == ["presse-nationale"]
+    release = release_of(db, answer["release_id"])
+    assert release.title == "Le Maroc au salon ITB Berlin" and release.body_format == "markdown"
+
+    raw = json.dumps(payload(send_at=LATER)).encode()
+    replay = client.post("/webhooks/cms", data=raw, headers=headers)
+    assert replay.status_code == 200 and replay.json == answer
+    assert replay.headers["Webhook-Replayed"] == "true"
+    assert counts(db) == (1, 1, 1)
+
+
+def test_publication_without_send_at_starts_now(client, settings, db, journalists):
+    """`send_at: null` means now: the blast is running with one ledger row per contact."""
+    response, _ = post(client, settings, payload())
+    assert response.json["blast_status"] == "running"
+    db.expire_all()
+    rows = db.scalars(select(QueuedMessage).where(
+        QueuedMessage.blast_id == response.json["blast_id"])).all()
+    assert sorted(r.contact_id for r in rows) == sorted(journalists)
+
+
+def test_cms_html_is_sanitized(client, settings, db, journalists):
+    """An HTML body with <script>, onerror= and javascript: links is stored sanitized."""
+    html = ('<p>Rabat, le 2 juin.</p><script>alert(1)</script>'
+            '<img src="https://cms.example.org/a.jpg" onerror="alert(2)">'
+            '<a href="javascript:alert(3)">clic</a><a href="https://visitmorocco.example">site</a>')
+    body = payload(send_at=LATER)
+    del body["data"]["body_markdown"]
+    body["data"]["body_html"] = html
+    response, _ = post(client, settings, body)
+    assert response.status_code == 200, response.json
+    stored = release_of(db, response.json["release_id"])
+    assert stored.body_format == "html"
+    lowered = stored.body.lower()
+    assert "<script" not in lowered and "alert(1)" not in lowered
+    assert "onerror" not in lowered and "javascript:" not in lowered
+    assert "https://visitmorocco.example" in stored.body and "Rabat, le 2 juin." in stored.body
+
+
+def test_second_publication_updates_but_never_sends_twice(client, settings, db, journalists):
+    """A second release.published for the same external_id updates the release, no new blast."""
+    first, _ = post(client, settings, payload(send_at=LATER))
+    again, _ = post(client, settings, payload(send_at=LATER, title="Le Maroc à l'ITB Berlin 2030"))
+    assert again.status_code == 200
+    assert (again.json["action"], again.json["blast_id"]) == ("updated", first.json["blast_id"])
+    assert len(blasts_of(db)) == 1
+    assert release_of(db, first.json["release_id"]).title == "Le Maroc à l'ITB Berlin 2030"
+    assert counts(db) == (1, 1, 2)
+
+
+def test_update_after_start_changes_nothing_and_sends_nothing(client, settings, db, journalists):
+    """release.updated (or a second publication) after the blast started changes nothing sent."""
+    first, _ = post(client, settings, payload())
+    assert first.json["blast_status"] == "running"
+    queued = queued_count(db)
+    for event in (payload("release.updated", title="Titre corrigé", body_markdown="Nouveau"),
+                  payload(title="Titre corrigé")):
+        response, _ = post(client, settings, event)
+        assert response.status_code == 200
+        assert response.json["action"] == "ignored" and "started" in response.json["reason"]
+    release = release_of(db, first.json["release_id"])
+    assert release.title == "Le Maroc au salon ITB Berlin"
+    assert len(blasts_of(db)) == 1
+    assert queued_count(db) == queued
+
+
+def test_update_before_start_edits_the_release(client, settings, db, journalists):
+    """release.updated before the send time edits the release; the blast stays as scheduled."""
+    first, _ = post(client, settings, payload(send_at=LATER))
+    response, _ = post(client, settings, payload("release.updated", title="Nouveau titre"))
+    assert response.json["action"] == "updated"
+    assert release_of(db, first.json["release_id"]).title == "Nouveau titre"
+    [blast] = blasts_of(db)
+    assert blast.status == BlastStatus.scheduled
+
+
+def test_unpublish_cancels_a_scheduled_blast(client, settings, db, journalists):
+    """release.unpublished cancels a blast that has not started."""
+    first, _ = post(client, settings, payload(send_at=LATER))
+    response, _ = post(client, settings, payload("release.unpublished"))
+    assert response.status_code == 200
+    assert response.json["cancelled_blast_ids"] == [first.json["blast_id"]]
+    [blast] = blasts_of(db)
+    assert blast.status == BlastStatus.cancelled
+    unknown, _ = post(client, settings, payload("release.unpublished", external_id="wp-0"))
+    assert unknown.json["action"] == "ignored"
+
+
+def test_unknown_list_is_refused_and_nothing_stored(client, settings, db, journalists):
+    """A publication naming a list that does not exist gets a 400 and leaves no release behind."""
+    response, _ = post(client, settings, payload(lists=["nope"]))
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    assert counts(db) == (0, 0, 0)
+
+
+def test_with_approval_required_the_blast_waits(engine, settings, db, journalists):
+    """With COMMUNIQUE_REQUIRE_APPROVAL the webhook's blast is a draft waiting for a sender."""
+    with client_for(dataclasses.replace(settings, require_approval=True)) as approval_client:
+        response, _ = post(approval_client, settings, payload())
+    assert response.status_code == 200
+    [blast] = blasts_of(db)
+    assert (blast.status, blast.needs_approval) == (BlastStatus.draft, True)
+    assert queued_count(db) == 0
+
+
+def test_inline_attachment_is_stored_and_urls_are_not_fetched(client, settings, db, journalists):
+    """An attachment comes inline as base64; a bad one names its field."""
+    pdf = b"%PDF-1.4 dossier de presse"
+    body = payload(send_at=LATER, attachments=[{
+        "filename": "dossier.pdf", "content_type": "application/pdf",
+        "content_base64": base64.b64encode(pdf).decode()}])
+    response, _ = post(client, settings, body)
+    assert response.status_code == 200, response.json
+    release = release_of(db, response.json["release_id"])
+    assert [(a.filename, a.size_bytes) for a in release.attachments] == [("dossier.pdf", len(pdf))]
+
+    bad = payload(external_id="wp-2", send_at=LATER, attachments=[{
+        "filename": "x.pdf", "content_type": "application/pdf", "content_base64": "@@@"}])
+    refused, _ = post(client, settings, bad)
+    assert refused.status_code == 400
+    assert refused.json["errors"][0]["field"] == "data.attachments.0.content_base64"
+    url = payload(external_id="wp-3", attachments=[{"url": "http://169.254.169.254/"}])
+    assert post(client, settings, url)[0].status_code == 400
+
+
+def test_end_to_end_webhook_to_inbox(smtp_settings, smtpd, engine, db, journalists):
+    """A release published by the CMS reaches the real SMTP server once per journalist."""
+    with client_for(smtp_settings) as smtp_client:
+        response, _ = post(smtp_client, smtp_settings, payload())
+    assert response.status_code == 200, response.json
+    run_worker(smtp_settings, until_idle=True)
+    assert sorted(r for m in smtpd.messages for r in m.rcpt_tos) == [
+        "amina@lematin.example.ma", "karim@medias24.example.ma"]
+    message = smtpd.messages[0].message()
+    assert message["Subject"] == "Le Maroc au salon ITB Berlin"
+    db.expire_all()
+    statuses = db.scalars(select(QueuedMessage.status)).all()
+    assert statuses == [MessageStatus.sent, MessageStatus.sent]

@@ -1,0 +1,111 @@
+"""JSON API: bearer keys, contacts and lists, releases and previews, blasts; problem+json errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from service.apikeys import create_api_key, revoke_api_key
+
+NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+CSV = ("email,prénom,nom,média,langue,pays\r\n"
+       "amina.benali@lematin.example.ma,Amina,Benali,Le Matin,fr,MA\r\n"
+       "karim@medias24.example.ma,Karim,Alaoui,Médias24,fr,MA\r\n"
+       "j.smith@reuters.example.com,John,Smith,Reuters,en,GB\r\n").encode()
+
+
+@pytest.fixture
+def auth(db) -> dict[str, str]:
+    """Authorization headers with a fresh API key."""
+    _key, token = create_api_key(db, "tests", now=NOW)
+    db.commit()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_every_resource_requires_a_key(client, db):
+    """Without a key, with a wrong one or with a revoked one, every resource answers 401."""
+    key, token = create_api_key(db, "soon revoked", now=NOW)
+    revoke_api_key(db, key.id, now=NOW)
+    db.commit()
+    for path in ("/api/v1/contacts", "/api/v1/contacts/1", "/api/v1/lists", "/api/v1/releases",
+                 "/api/v1/blasts", "/api/v1/blasts/1/deliveries"):
+        for headers in ({}, {"Authorization": "Bearer cq_wrong"}, {"Authorization": f"Bearer {token}"},
+                        {"Authorization": f"Basic {token}"}):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert response.mimetype == "application/problem+json"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/api/v1/openapi.json").status_code == 200, "the document is public"
+
+
+def test_contacts_import_search_and_paginate(client, auth):
+    """A CSV import, then search with filters and pages; total counts every match."""
+    imported = client.post("/api/v1/contacts/import?list=presse-nationale", data=CSV,
+                           headers={**auth, "Content-Type": "text/csv"})
+    assert imported.status_code == 200, imported.json
+    assert imported.json["created"] == 3
+
+    page = client.get("/api/v1/contacts?limit=2&offset=0", headers=auth).json
+    assert (page["total"], len(page["items"]), page["limit"]) == (3, 2, 2)
+    rest = client.get("/api/v1/contacts?limit=2&offset=2", headers=auth).json
+    assert len(rest["items"]) == 1
+    emails = {c["email"] for c in page["items"] + rest["items"]}
+    assert len(emails) == 3
+
+    english = client.get("/api/v1/contacts?language=en", headers=auth).json
+    assert [c["email"] for c in english["items"]] == ["j.smith@reuters.example.com"]
+    assert client.get("/api/v1/contacts?query=benali", headers=auth).json["total"] == 1
+    in_list = client.get("/api/v1/contacts?list=presse-nationale&country=MA", headers=auth).json
+    assert in_list["total"] == 2 and in_list["items"][0]["lists"] == ["presse-nationale"]
+    lists = client.get("/api/v1/lists", headers=auth).json
+    assert lists["items"] == [{"name": "presse-nationale", "contact_count": 3}]
+
+
+def test_contact_create_get_update_delete(client, auth):
+    """A contact goes through create, get, update and delete; each answer is the stored contact."""
+    created = client.post("/api/v1/contacts", headers=auth, json={
+        "email": "Nadia.Idrissi@2M.example.ma", "first_name": "Nadia", "last_name": "Idrissi",
+        "media_type": "tv", "tags": ["tourisme"], "lists": ["tv-radio"]})
+    assert created.status_code == 201, created.json
+    contact = created.json
+    assert contact["email"] == "Nadia.Idrissi@2m.example.ma", "the domain is lower-cased"
+    assert contact["lists"] == ["tv-radio"]
+    assert created.headers["Location"] == f"/api/v1/contacts/{contact['id']}"
+
+    path = f"/api/v1/contacts/{contact['id']}"
+    assert client.get(path, headers=auth).json["tags"] == ["tourisme"]
+    updated = client.patch(path, headers=auth, json={"outlet": "2M", "tags": ["culture"]})
+    assert updated.status_code == 200
+    assert (updated.json["outlet"], updated.json["tags"]) == ("2M", ["culture"])
+    assert client.delete(path, headers=auth).status_code == 204
+    gone = client.get(path, headers=auth)
+    assert gone.status_code == 404 and gone.mimetype == "application/problem+json"
+
+
+def test_contact_errors_are_problem_documents(client, auth):
+    """Validation names each field (400), a duplicate is a conflict (409), JSON is required (415)."""
+    bad = client.post("/api/v1/contacts", headers=auth, json={"email": "not-an-address",
+                                                              "media_type": "carrier pigeon"})
+    assert bad.status_code == 400
+    assert bad.mimetype == "application/problem+json"
+    assert bad.json["status"] == 400 and bad.json["title"] == "Bad Request"
+    assert {e["field"] for e in bad.json["errors"]} == {"email", "media_type"}
+
+    unknown = client.post("/api/v1/contacts", headers=auth, json={"email": "a@b.example", "x": 1})
+    assert unknown.status_code == 400 and unknown.json["errors"][0]["field"] == "x"
+    missing = client.post("/api/v1/contacts", headers=auth, json={})
+    assert missing.json["errors"][0]["field"] == "email"
+
+    client.post("/api/v1/contacts", headers=auth, json={"email": "dup@example.org"})
+    duplicate = client.post("/api/v1/contacts", headers=auth, json={"email": "DUP@example.org"})
+    assert duplicate.status_code == 409 and duplicate.json["status"] == 409
+
+    form = client.post("/api/v1/contacts", headers=auth, data={"email": "a@b.example"})
+    assert form.status_code == 415
+    not_json = client.post("/api/v1/contacts", headers={**auth, "Content-Type": "application/json"},
+                           data=b"{nope")
+    assert not_json.status_code == 400 and not_json.json["errors"][0]["field"] == "body"
+    paging = client.get("/api/v1/contacts?limit=abc&offset=-1", headers=auth)
+    assert paging.status_code == 400
+    assert {e["field"] for e in paging.json["errors"]} == {"limit"}
