@@ -5,13 +5,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from itsdangerous.encoding import base64_encode
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from .config import Settings
 from .errors import NotFound
+from .models import Contact
+
+log = logging.getLogger(__name__)
 
 SALT = "communique.unsubscribe"
 
@@ -78,3 +85,29 @@ def verify_token(settings: Settings, token: str) -> UnsubscribeToken:
 def token_fingerprint(token: str) -> str:
     """A short, non-reversible id of a token for logs (never log the token itself)."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def unsubscribe_by_token(session: Session, settings: Settings, token: str, *, now: datetime,
+                         source: str) -> Contact | None:
+    """Unsubscribe whoever the token names; None when the address is not (or no longer) a contact."""
+    from .contacts import normalize_email, unsubscribe_contact
+
+    who = verify_token(settings, token)
+    contact_id = who.contact_id
+    if contact_id is None and who.email:
+        key = normalize_email(who.email)[1]
+        contact_id = session.scalar(select(Contact.id).where(Contact.email_key == key))
+    if contact_id is None or session.get(Contact, contact_id) is None:
+        log.info("unsubscribe %s: no such contact", token_fingerprint(token))
+        return None
+    contact = unsubscribe_contact(session, contact_id, now=now, source=source)
+    if who.blast_id is not None:
+        log.info("contact %s: unsubscribed from blast %s", contact.id, who.blast_id)
+    return contact
+
+
+def contact_for_token(session: Session, settings: Settings, token: str) -> Contact | None:
+    who = verify_token(settings, token)
+    if who.contact_id is not None:
+        return session.get(Contact, who.contact_id)
+    return None
