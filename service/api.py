@@ -25,7 +25,7 @@ registry = Registry(bp, PREFIX)
 PUBLIC_ENDPOINTS = {"api.openapi_document"}
 
 PAGE_QUERY: dict[str, Any] = {
-    "offset": {"type": "integer", "minimum": 0, "default": 0},
+    "offset": {"type": "integer", "minimum": 0, "maximum": 10_000_000, "default": 0},
     "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
 }
 

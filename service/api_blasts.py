@@ -21,7 +21,7 @@ _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLengt
 BLAST_CREATE = {
     "type": "object", "additionalProperties": False, "required": ["release_id", "lists"],
     "properties": {
-        "release_id": {"type": "integer", "minimum": 1},
+        "release_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
         "lists": {**_NAMES, "minItems": 1},
         "filters": {"type": "object", "additionalProperties": False, "properties": {
             name: _NAMES for name in blasts.FILTER_KEYS}},

@@ -53,7 +53,7 @@ RELEASE = registry.schema("Release", {
 PREVIEW_QUERY = {"type": "object", "properties": {
     "format": {"enum": ["html", "text", "eml"], "default": "html"},
     "email": {"type": "string", "maxLength": 320},
-    "contact_id": {"type": "integer", "minimum": 1},
+    "contact_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
 }}
 PREVIEW_TYPES = {"html": "text/html", "text": "text/plain", "eml": "message/rfc822"}
 PREVIEW_POLICY = "default-src 'none'; img-src * data:; style-src 'unsafe-inline'"

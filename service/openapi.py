@@ -13,11 +13,12 @@ from typing import Any
 from flask import Blueprint, request
 from jsonschema import Draft202012Validator
 
-from .errors import FieldError, ValidationError
+from .errors import FieldError, NotFound, ValidationError
 from .problems import RequestRejected
 
 Schema = dict[str, Any]
 JSON = "application/json"
+MAX_ID = 2**31 - 1  # the largest id a path may name; past it, the database would overflow
 PROBLEM = "application/problem+json"
 
 PROBLEM_SCHEMA: Schema = {
@@ -78,10 +79,14 @@ class Registry:
         """Register a view; it receives `query=` (coerced, validated) and `body=` when declared."""
         query_validator = Draft202012Validator(query) if query else None
         body_validator = Draft202012Validator(body) if body and body_type == JSON else None
+        path, params = _openapi_path(rule)
 
         def decorator(view: Callable[..., Any]) -> Any:
             @functools.wraps(view)
             def wrapper(**kwargs: Any) -> Any:
+                for name in params:
+                    if isinstance(kwargs.get(name), int) and kwargs[name] > MAX_ID:
+                        raise NotFound(f"{name} {kwargs[name]} does not exist")
                 if query is not None and query_validator is not None:
                     kwargs["query"] = _validated(query_validator, _coerce(query, request.args))
                 if body is not None:
@@ -89,7 +94,6 @@ class Registry:
                 return view(**kwargs)
 
             self.blueprint.add_url_rule(rule, view.__name__, wrapper, methods=[method])
-            path, params = _openapi_path(rule)
             self.operations.append(Operation(
                 method=method.lower(), path=self.prefix + path, endpoint=view.__name__,
                 summary=summary, tag=tag, query=query, body=body, body_type=body_type,
@@ -147,7 +151,7 @@ def _openapi_path(rule: str) -> tuple[str, dict[str, Schema]]:
 
     def replace(match: re.Match[str]) -> str:
         converter, name = match.group(1), match.group(2)
-        params[name] = ({"type": "integer", "minimum": 1} if converter == "int"
+        params[name] = ({"type": "integer", "minimum": 1, "maximum": MAX_ID} if converter == "int"
                         else {"type": "string", "minLength": 1})
         return "{" + name + "}"
 

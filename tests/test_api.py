@@ -109,3 +109,56 @@ def test_contact_errors_are_problem_documents(client, auth):
     paging = client.get("/api/v1/contacts?limit=abc&offset=-1", headers=auth)
     assert paging.status_code == 400
     assert {e["field"] for e in paging.json["errors"]} == {"limit"}
+
+
+def test_release_preview_and_blast_lifecycle(client, auth):
+    """A release is created from Markdown, previewed as html/text/eml, sent by a blast whose
+    progress, deliveries and state changes go through the API."""
+    client.post("/api/v1/contacts/import?list=presse-nationale", data=CSV,
+                headers={**auth, "Content-Type": "text/csv"})
+    created = client.post("/api/v1/releases", headers=auth, json={
+        "title": "Tournée régionale", "body": "**Rabat.** Le Maroc en tournée.", "language": "fr"})
+    assert created.status_code == 201, created.json
+    release_id = created.json["id"]
+    patched = client.patch(f"/api/v1/releases/{release_id}", headers=auth,
+                           json={"kicker": "Communiqué"})
+    assert patched.status_code == 200 and patched.json["kicker"] == "Communiqué"
+
+    html = client.get(f"/api/v1/releases/{release_id}/preview?email=amina.benali@lematin.example.ma",
+                      headers=auth)
+    assert html.status_code == 200 and html.mimetype == "text/html"
+    assert "Le Maroc en tournée" in html.get_data(as_text=True)
+    text = client.get(f"/api/v1/releases/{release_id}/preview?format=text", headers=auth)
+    assert text.mimetype == "text/plain" and "Le Maroc en tournée" in text.get_data(as_text=True)
+    eml = client.get(f"/api/v1/releases/{release_id}/preview?format=eml", headers=auth)
+    assert eml.mimetype == "message/rfc822" and b"Subject:" in eml.data
+    bad = client.get(f"/api/v1/releases/{release_id}/preview?format=pdf", headers=auth)
+    assert bad.status_code == 400 and bad.json["errors"][0]["field"] == "format"
+
+    blast = client.post("/api/v1/blasts", headers=auth, json={
+        "release_id": release_id, "lists": ["presse-nationale"],
+        "filters": {"countries": ["MA"]}, "send_at": "2030-01-01T09:00:00+00:00"})
+    assert blast.status_code == 201, blast.json
+    blast_id = blast.json["id"]
+    assert (blast.json["status"], blast.json["recipient_count"]) == ("scheduled", 2)
+    listed = client.get("/api/v1/blasts?status=scheduled", headers=auth).json
+    assert [b["id"] for b in listed["items"]] == [blast_id]
+    paused = client.post(f"/api/v1/blasts/{blast_id}/pause", headers=auth)
+    assert paused.status_code == 409 and paused.mimetype == "application/problem+json"
+    cancelled = client.post(f"/api/v1/blasts/{blast_id}/cancel", headers=auth)
+    assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"
+
+    resent = client.post(f"/api/v1/blasts/{blast_id}/resend-to-unsent", headers=auth)
+    assert resent.status_code == 201 and resent.json["resend_of_id"] == blast_id
+    now_blast = client.post("/api/v1/blasts", headers=auth, json={
+        "release_id": release_id, "lists": ["presse-nationale"]})
+    assert now_blast.json["status"] == "running"
+    status = client.get(f"/api/v1/blasts/{now_blast.json['id']}", headers=auth).json
+    assert status["progress"]["counts"]["queued"] == 3
+    deliveries = client.get(f"/api/v1/blasts/{now_blast.json['id']}/deliveries?status=queued&limit=2",
+                            headers=auth).json
+    assert (deliveries["total"], len(deliveries["items"])) == (3, 2)
+    assert client.get("/api/v1/blasts/999", headers=auth).status_code == 404
+    unknown_list = client.post("/api/v1/blasts", headers=auth, json={
+        "release_id": release_id, "lists": ["nope"]})
+    assert unknown_list.status_code == 400
