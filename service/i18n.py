@@ -96,7 +96,8 @@ def init_app(app: object) -> None:
     from flask import Flask
 
     assert isinstance(app, Flask)
-    app.jinja_env.globals.update(_=gettext, current_language=current_language, LANGUAGES=LANGUAGES)
+    app.jinja_env.globals.update(_=gettext, current_language=current_language, LANGUAGES=LANGUAGES,
+                                 i18n_reason=translate_reason)
     app.jinja_env.filters.update(localtime=format_time, number=format_number)
 
 

@@ -51,6 +51,14 @@ FR: dict[str, str] = {
     "needs a time zone": "doit avoir un fuseau horaire",
     "is before the send time": "est avant l’heure d’envoi",
     "is not after the send time": "n’est pas après l’heure d’envoi",
+    "text part present": "partie texte présente",
+    "unsubscribe link present": "lien de désinscription présent",
+    "images are a reasonable size": "images de taille raisonnable",
+    "links are valid": "liens valides",
+    "the release has no press contact": "le communiqué n’a pas de contact presse",
+    "the release has no body": "le communiqué n’a pas de texte",
+    "the title is longer than 120 characters": "le titre dépasse 120 caractères",
+    "the release shows remote images": "le communiqué affiche des images distantes",
     # ---- pages ------------------------------------------------------------------------
     "%(count)s addresses added to the suppression list.": "%(count)s adresses ajoutées à la liste de blocage.",
     "%(count)s failed": "%(count)s en échec",
@@ -164,8 +172,6 @@ FR: dict[str, str] = {
     "No email yet. Send a test from a release's preview, or schedule a blast.":
         "Aucun e-mail pour l’instant. Envoyez un test depuis l’aperçu d’un communiqué, ou programmez un envoi.",
     "No list yet: import contacts first.": "Aucune liste : importez d’abord des contacts.",
-    "No problem found: text part present, images reasonable, links valid, unsubscribe link present.":
-        "Aucun problème : partie texte présente, images raisonnables, liens valides, lien de désinscription présent.",
     "No recipient with this status.": "Aucun destinataire avec ce statut.",
     "No release yet.": "Aucun communiqué pour l’instant.",
     "Not allowed": "Action non autorisée",

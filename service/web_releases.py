@@ -16,6 +16,7 @@ from .db import utcnow
 from .db_app import current_settings, db_session
 from .forms import AttachmentForm, MarkdownImportForm, ReleaseForm, TestSendForm
 from .i18n import _, current_zone
+from .message_checks import check_message
 from .models import Contact
 from .web import bp, remember_form, render_form
 
@@ -168,10 +169,12 @@ def release_preview(release_id: int) -> ResponseReturnValue:
                                 fmt="eml", now=now)
     message = _as_rendered(rendered)
     warnings = releases.validate_release(session, settings, release_id)
+    checks = check_message(message)
     contacts = list(session.scalars(select(Contact).order_by(Contact.last_name, Contact.id).limit(200)))
     form = TestSendForm(contact_id=str(contact_id or ""))
     return render_template("releases/preview.html", release=release, message=message,
-                           warnings=warnings, contacts=contacts, email=email, contact_id=contact_id,
+                           warnings=warnings, checks=checks, contacts=contacts, email=email,
+                           contact_id=contact_id,
                            form=form, raw=message.raw.decode("utf-8", "replace"))
 
 
