@@ -10,7 +10,6 @@ one accepted message per connection (sent again after restart: at most one dupli
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import signal
@@ -39,6 +38,7 @@ from .ledger import (
     pause_on_error_rate,
     record_attempts,
     release_claims,
+    renew_claims,
     running_blast_ids,
 )
 from .models import DeliveryOutcome
@@ -76,7 +76,6 @@ class RateLimiter:
 class _Prepared:
     release: Any = None
     error: str | None = None
-    takes_blast_id: bool = False
 
 
 @dataclass
@@ -104,6 +103,7 @@ class Worker:
         self._need_more = asyncio.Event()
         self._record_wanted = asyncio.Event()
         self._senders_done = False
+        self._last_renewal = time.monotonic()
         self._rate = RateLimiter(self.settings.send_rate)
         self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
         self._record_pool = ThreadPoolExecutor(1, thread_name_prefix="record")
@@ -143,18 +143,27 @@ class Worker:
                                      blast_ids=running) if limit else []
         for release_id in {c.release_id for c in claimed} - self._prepared.keys():
             try:
-                release = prepare_release(session, release_id, self.settings)
-                takes = "blast_id" in inspect.signature(release.render_bytes).parameters
-                self._prepared[release_id] = _Prepared(release, None, takes)
+                self._prepared[release_id] = _Prepared(prepare_release(session, release_id, self.settings))
             except (NotFound, RenderError) as exc:
                 log.error("release %s: cannot be prepared: %s", release_id, exc)
                 self._prepared[release_id] = _Prepared(None, f"the release cannot be rendered: {exc}")
         return running, claimed
 
+    async def _renew_leases(self) -> None:
+        """Every third of a lease, renew the lease of the rows this worker holds."""
+        if time.monotonic() - self._last_renewal < self.settings.lease_seconds / 3:
+            return
+        self._last_renewal = time.monotonic()
+        try:
+            await self._db(self._claim_pool, lambda s: renew_claims(s, worker_id=self.worker_id, now=_now()))
+        except SQLAlchemyError:
+            log.exception("worker %s: renewing leases failed", self.worker_id)
+
     async def _claimer(self) -> None:
         batch = self.settings.batch_size
         last_housekeeping = 0.0
         while not self._stopping.is_set():
+            await self._renew_leases()
             limit = batch if self._queue.qsize() < batch else 0
             try:
                 running, claimed = await self._db(self._claim_pool,
@@ -196,11 +205,10 @@ class Worker:
         prepared = self._prepared.get(job.release_id)
         if prepared is None or prepared.release is None:
             return prepared.error if prepared else "the release was not prepared"
-        kwargs: dict[str, Any] = {"message_id": job.message_id, "now": _now()}
-        if prepared.takes_blast_id:
-            kwargs["blast_id"] = job.blast_id
         try:
-            return bytes(prepared.release.render_bytes(Recipient.from_contact(job.contact), **kwargs))
+            return bytes(prepared.release.render_bytes(Recipient.from_contact(job.contact),
+                                                       message_id=job.message_id, now=_now(),
+                                                       blast_id=job.blast_id))
         except RenderError as exc:
             return f"render error: {exc}"
         except Exception as exc:  # a renderer bug must fail this row only, not the whole worker

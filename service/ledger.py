@@ -107,6 +107,16 @@ def release_claims(session: Session, row_ids: Iterable[int]) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def renew_claims(session: Session, *, worker_id: str, now: datetime) -> int:
+    """Extend the lease of every row this worker still holds, so no one (itself included)
+    mistakes rows waiting in its queue for a dead worker's."""
+    result = session.execute(
+        update(QueuedMessage).where(QueuedMessage.status == MessageStatus.sending,
+                                    QueuedMessage.claimed_by == worker_id)
+        .values(claimed_at=now).execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def release_stale_claims(session: Session, settings: Settings, *, now: datetime) -> int:
     """A `sending` row whose lease ran out belongs to a worker that died: queue it again."""
     cutoff = now - timedelta(seconds=settings.lease_seconds)
