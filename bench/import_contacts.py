@@ -64,18 +64,19 @@ def run(label: str, database_url: str, data: bytes, rows: int) -> None:
     engine = make_engine(database_url)
     upgrade_schema(engine)
     factory = make_session_factory(engine)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with session_scope(factory) as session:
         report = import_contacts(session, data, list_name="bench", now=datetime.now(UTC),
                                  source="bench")
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     with session_scope(factory) as session:
         stored = session.scalar(select(func.count()).select_from(Contact))
     engine.dispose()
     print(f"{label}: {rows} rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s; "
           f"created {report.created}, updated {report.updated}, unchanged {report.unchanged}, "
           f"rejected {len(report.rejected)}; {stored} contacts stored; "
-          f"peak RSS so far {peak_rss_mb():.0f} MB")
+          f"this process's CPU {cpu:.2f} s; peak RSS so far {peak_rss_mb():.0f} MB; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> None:
