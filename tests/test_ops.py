@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from smtp_server import free_port, start_smtp_server
+from sqlalchemy import select
 
 from service import create_app
 from service.models import (
@@ -221,3 +222,38 @@ def test_webhook_requests_are_counted_by_outcome(app, client):
     samples = scrape(client)
     assert samples[("communique_webhook_requests_total", (("outcome", "accepted"),))] == 2
     assert samples[("communique_webhook_requests_total", (("outcome", "rejected"),))] == 1
+
+
+def test_metrics_after_a_real_blast_to_a_real_smtp_server(app, client, db, session_factory,
+                                                          smtp_settings, smtpd):
+    """After a worker sends a blast (one 450 then accepted, one 550), /metrics counts what happened."""
+    from service.blasts import create_blast
+    from service.delivery import run_worker
+    from service.models import ContactList
+
+    now = datetime.now(UTC)
+    addresses = [f"journaliste{i}@redaction.example" for i in range(5)]
+    contacts = [Contact(email=address, email_key=address, first_name="Hélène", language="fr")
+                for address in addresses]
+    db.add_all([ContactList(name="presse", contacts=contacts),
+                Release(slug="r", title="Communiqué", body="Bonjour", status="ready")])
+    db.commit()
+    release_id = db.scalar(select(Release.id))
+    smtpd.handler.fail("journaliste1@redaction.example", 450, "4.2.1 try again later", times=1)
+    smtpd.handler.fail("journaliste2@redaction.example", 550, "5.7.1 refused by policy")
+    blast = create_blast(db, smtp_settings, release_id=release_id, list_names=["presse"], now=now)
+    db.commit()
+    run_worker(smtp_settings, until_idle=True, session_factory=session_factory)
+
+    samples = scrape(client)
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1, 1, 1, 1]
+    by_blast = "communique_blast_messages"
+    assert samples[(by_blast, (("blast_id", str(blast.id)), ("status", "sent")))] == 4
+    assert samples[(by_blast, (("blast_id", str(blast.id)), ("status", "failed")))] == 1
+    assert samples[("communique_queue_depth", (("status", "queued"),))] == 0
+    assert samples[("communique_oldest_due_message_age_seconds", ())] == 0
+    codes = {labels[0][1]: value for (name, labels), value in samples.items()
+             if name == "communique_smtp_replies_total"}
+    assert codes == {"250": 4, "450": 1, "550": 1}
+    assert samples[("communique_send_duration_seconds_count", ())] == 6
+    assert samples[("communique_send_duration_seconds_sum", ())] > 0
