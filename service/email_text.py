@@ -13,25 +13,25 @@ STRINGS: dict[str, dict[str, str]] = {
         "kicker": "Communiqué de presse", "view_online": "Voir la version en ligne", "colon": " :",
         "press_contacts": "Contacts presse", "about": "À propos", "attachments": "Pièces jointes",
         "links": "Liens", "unsubscribe": "Se désabonner",
-        "why": "Vous recevez ce communiqué de {sender} en tant que journaliste.",
+        "why": "Expéditeur : {sender}. Vous recevez ce communiqué en tant que journaliste.",
     },
     "en": {
         "kicker": "Press release", "view_online": "View this release online", "colon": ":",
         "press_contacts": "Press contacts", "about": "About", "attachments": "Attachments",
         "links": "Links", "unsubscribe": "Unsubscribe",
-        "why": "You receive this press release from {sender} as a journalist.",
+        "why": "Sender: {sender}. You receive this press release as a journalist.",
     },
     "es": {
         "kicker": "Comunicado de prensa", "view_online": "Ver la versión en línea", "colon": ":",
         "press_contacts": "Contactos de prensa", "about": "Acerca de", "attachments": "Adjuntos",
         "links": "Enlaces", "unsubscribe": "Darse de baja",
-        "why": "Recibe este comunicado de {sender} como periodista.",
+        "why": "Remitente: {sender}. Recibe este comunicado como periodista.",
     },
     "ar": {
         "kicker": "بلاغ صحفي", "view_online": "عرض النسخة على الإنترنت", "colon": ":",
         "press_contacts": "جهات الاتصال الصحفية", "about": "نبذة", "attachments": "المرفقات",
         "links": "الروابط", "unsubscribe": "إلغاء الاشتراك",
-        "why": "تتلقى هذا البلاغ من {sender} بصفتك صحفيًا.",
+        "why": "المرسل: {sender}. تتلقى هذا البلاغ بصفتك صحفيًا.",
     },
 }
 
