@@ -19,6 +19,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,21 +99,20 @@ def measure_import(row: Row, rows: int, timeout: float) -> None:
             **({"peak_rss_mb": float(peak.group(1))} if peak else {}))
 
 
-def measure_render(row: Row, timeout: float) -> None:
-    """bench/render_latency.py (the rendering engineer's): median and p95 of one personal message,
-    read from its JSON line ({"render_median_ms": …, "render_p95_ms": …}) or "median/p95 … ms" text."""
-    output = _script_output("render_latency.py", ["--json"], timeout)
-    data: dict[str, Any] = {}
-    for line in reversed(output.strip().splitlines()):
-        if line.startswith("{"):
-            data = json.loads(line)
-            break
-    if not data:
-        numbers = {k: float(v) for k, v in re.findall(r"(median|p95)[^\d]{0,12}([\d.]+) ?ms", output)}
-        data = {"render_median_ms": numbers.get("median"), "render_p95_ms": numbers.get("p95")}
-    if data.get("render_median_ms") is None:
-        raise endtoend.NotAvailable(f"no median in bench/render_latency.py output: {output[-120:]!r}")
-    row.add(float(data["render_median_ms"]), p95=float(data.get("render_p95_ms") or 0))
+def measure_render(row: Row, messages: int, timeout: float) -> None:
+    """bench/render_latency.py (the rendering engineer's): median and p95 of rendering one personal
+    message from the prepared release, read from its --json file (microseconds per sample release;
+    the first sample is the one our release is built from)."""
+    with tempfile.TemporaryDirectory(prefix="bench-render-") as folder:
+        path = Path(folder) / "render.json"
+        _script_output("render_latency.py", ["--messages", str(messages), "--json", str(path)], timeout)
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            first = data[sorted(data)[0]]["render_bytes"]
+            median_ms, p95_ms = float(first["median_us"]) / 1000, float(first["p95_us"]) / 1000
+        except (OSError, KeyError, IndexError, ValueError) as exc:
+            raise endtoend.NotAvailable(f"unexpected bench/render_latency.py JSON: {exc!r}") from exc
+    row.add(median_ms, p95=p95_ms)
 
 
 def measure_web_preview(row: Row, requests: int, timeout: float) -> None:
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
                                             "(--postgres-url or COMMUNIQUE_TEST_POSTGRES_URL)")
     for _run in range(args.runs):
         _attempt(rows["import"], lambda: measure_import(rows["import"], args.import_rows, budget))
-        _attempt(rows["render"], lambda: measure_render(rows["render"], budget))
+        _attempt(rows["render"], lambda: measure_render(rows["render"], args.render_messages, budget))
         _attempt(rows["web"], lambda: measure_web_preview(rows["web"], args.preview_requests, budget))
     return rows
 
@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--postgres-url", default=os.environ.get("COMMUNIQUE_TEST_POSTGRES_URL", ""))
     parser.add_argument("--import-rows", type=int, default=100_000)
     parser.add_argument("--preview-requests", type=int, default=200)
+    parser.add_argument("--render-messages", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to each process")
     args = parser.parse_args()
     started = time.perf_counter()
