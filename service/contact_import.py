@@ -61,7 +61,7 @@ _FIELD_BY_HEADER = {fold(alias): name for name, aliases in HEADERS.items() for a
 _EMAIL_WORDS = {"email", "mail", "courriel", "mel"}
 _DELIMITERS = (";", ",", "\t")
 _CONTACTS = cast(Table, Contact.__table__)
-_FORMULA = re.compile(r"^'(?=[=+\-@])")
+_FORMULA_STARTS = ("'=", "'+", "'-", "'@")  # our export's neutralized cells, taken back
 
 
 @dataclass
@@ -235,8 +235,12 @@ def _data_rows(reader: Any, columns: dict[int, str],
         row_number += 1
         if not any(cell.strip() for cell in cells):
             continue
-        yield row_number, {name: _FORMULA.sub("", cells[index]) for index, name in columns.items()
-                           if index < len(cells)}
+        yield row_number, {name: _unquote_formula(cells[index])
+                           for index, name in columns.items() if index < len(cells)}
+
+
+def _unquote_formula(cell: str) -> str:
+    return cell[1:] if cell.startswith(_FORMULA_STARTS) else cell
 
 
 def _validate_row(row_number: int, cells: dict[str, str],
