@@ -42,10 +42,12 @@ _ARABIC_CITIES = {"Casablanca": "الدار البيضاء", "Paris": "باري�
 
 
 class Person(Protocol):
-    civility: str | None
-    first_name: str | None
-    last_name: str | None
-
+    @property
+    def civility(self) -> str | None: ...
+    @property
+    def first_name(self) -> str | None: ...
+    @property
+    def last_name(self) -> str | None: ...
     @property
     def full_name(self) -> str: ...
 
