@@ -6,7 +6,7 @@ from __future__ import annotations
 import gettext
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -78,9 +78,10 @@ def fold(value: str) -> str:
 
 def clean_text(value: Any) -> str | None:
     """One line of printable text: CR/LF, tabs and control characters become single spaces."""
-    if value is None:
+    if not value:
         return None
-    if isinstance(value, str) and value.isprintable() and value.isascii() and "  " not in value:
+    if (isinstance(value, str) and value.isprintable() and "  " not in value
+            and unicodedata.is_normalized("NFC", value)):
         return value.strip() or None
     text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value)))).strip()
     return text or None
@@ -188,7 +189,20 @@ def validate_contact(data: Mapping[str, Any], *, partial: bool = False) -> dict[
             continue
         raw = data.get(field)
         try:
-            clean.update(_validate_field(field, raw))
+            if field == "tags":
+                clean[field] = normalize_tags(raw)
+                continue
+            text = clean_text(raw)
+            if field == "email":
+                clean["email"], clean["email_key"] = normalize_email(text or "")
+            elif text is None:
+                clean[field] = None
+            elif field in _NORMALIZERS:
+                clean[field] = _NORMALIZERS[field](text)
+            elif len(text) > TEXT_FIELDS[field]:
+                raise ValueError(f"longer than {TEXT_FIELDS[field]} characters")
+            else:
+                clean[field] = text
         except ValidationError as exc:
             errors.extend(exc.errors)
         except ValueError as exc:
@@ -198,25 +212,11 @@ def validate_contact(data: Mapping[str, Any], *, partial: bool = False) -> dict[
     return clean
 
 
-def _validate_field(field: str, raw: Any) -> dict[str, Any]:
-    if field == "tags":
-        return {"tags": normalize_tags(raw)}
-    text = clean_text(raw)
-    if field == "email":
-        email, email_key = normalize_email(text or "")
-        return {"email": email, "email_key": email_key}
-    if text is None:
-        return {field: None}
-    if field == "language":
-        return {field: normalize_language(text)}
-    if field == "country":
-        return {field: normalize_country(text)}
-    if field == "media_type":
-        return {field: str(normalize_media_type(text))}
-    limit = TEXT_FIELDS[field]
-    if len(text) > limit:
-        raise ValueError(f"longer than {limit} characters")
-    return {field: text}
+_NORMALIZERS: dict[str, Callable[[str], str]] = {
+    "language": normalize_language,
+    "country": normalize_country,
+    "media_type": lambda text: str(normalize_media_type(text)),
+}
 
 
 def _shown(raw: Any) -> str | None:

@@ -13,18 +13,17 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import String, Table, any_, bindparam, func, insert, literal, select, update
+from sqlalchemy import String, Table, any_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from .contact_fields import FIELDS, fold, tags_column, validate_contact
 from .contacts import add_memberships, get_or_create_list
-from .db import UTCDateTime
 from .errors import FieldError, ValidationError
 from .models import Contact, ContactStatus, Suppression
 
@@ -321,29 +320,43 @@ def _import_chunk(session: Session, chunk: list[tuple[int, dict[str, Any]]], lis
                     if record.dirty and key not in new]
     if changed_rows:
         _update_contacts(session, changed_rows, now)
-    if list_id is not None:
+    if list_id is None:
+        return
+    if session.get_bind().dialect.name == "postgresql" and new:  # brand-new ids cannot conflict
+        _copy(session, "list_memberships", ("list_id", "contact_id"),
+              ((list_id, record.id) for record in new.values()))
+        add_memberships(session, list_id, [record.id for key, record in records.items()
+                                           if key not in new and record.id is not None])
+    else:
         add_memberships(session, list_id, [record.id for record in records.values()
                                            if record.id is not None])
 
 
 def _insert_contacts(session: Session, rows: list[dict[str, Any]],
                      now: datetime) -> list[tuple[int, str]]:
-    """Insert a chunk, returning (id, email_key). PostgreSQL gets one INSERT ... SELECT FROM
-    unnest(arrays): a many-VALUES statement of 2,000 rows costs psycopg more to parse than the
-    database to run. SQLite gets a Core executemany (the ORM's costs three times as much)."""
+    """Insert a chunk, returning (id, email_key). PostgreSQL gets COPY (psycopg writes rows in
+    C; a many-VALUES INSERT of 2,000 rows costs psycopg more to build than the server to run)
+    then one lookup of the new ids; SQLite a Core executemany (a third of the ORM's cost)."""
     table = _CONTACTS
     stamps = {"created_at": now, "updated_at": now}
     if session.get_bind().dialect.name == "postgresql":
-        source = _unnested(rows, WRITTEN)
-        statement = insert(table).from_select(
-            [*WRITTEN, *stamps],
-            select(*(source.c[name] for name in WRITTEN),
-                   *(literal(value, UTCDateTime()) for value in stamps.values())))
+        _copy(session, "contacts", (*WRITTEN, *stamps),
+              ((*(row[name] for name in WRITTEN), now, now) for row in rows))
+        keys = [row["email_key"] for row in rows]
         return [(row.id, row.email_key) for row in session.execute(
-            statement.returning(table.c.id, table.c.email_key))]
+            select(table.c.id, table.c.email_key).where(_among(session, table.c.email_key, keys)))]
     result = session.execute(insert(table).returning(table.c.id, table.c.email_key),
                              [{**row, **stamps} for row in rows])
     return [(row.id, row.email_key) for row in result]
+
+
+def _copy(session: Session, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]],
+          ) -> None:
+    """COPY rows into a table on the session's own PostgreSQL connection and transaction."""
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _update_contacts(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
