@@ -75,7 +75,7 @@ class ContactForm(FlaskForm):
     last_name = StringField("Last name", validators=[Optional(), Length(max=200)])
     outlet = StringField("Outlet", validators=[Optional(), Length(max=300)])
     role = StringField("Position", validators=[Optional(), Length(max=300)])
-    media_type = SelectField("Media type", choices=[])
+    media_type = SelectField("Media type", choices=[], validate_choice=False)  # the domain checks it
     language = StringField("Language", validators=[Optional(), Length(max=35)])
     country = StringField("Country", validators=[Optional(), Length(max=2)])
     city = StringField("City", validators=[Optional(), Length(max=200)])
@@ -118,7 +118,7 @@ class ScheduleForm(FlaskForm):
     lists = SelectMultipleField("Lists", choices=[], validators=[DataRequired()])
     language = StringField("Language", validators=[Optional(), Length(max=35)])
     country = StringField("Country", validators=[Optional(), Length(max=2)])
-    media_type = SelectField("Media type", choices=[])
+    media_type = SelectField("Media type", choices=[], validate_choice=False)  # the domain checks it
     tag = StringField("Tag", validators=[Optional(), Length(max=100)])
     send_at = DateTimeLocalField("Send at", format="%Y-%m-%dT%H:%M", validators=[Optional()])
     stop_after = DateTimeLocalField("Stop sending after (optional)", format="%Y-%m-%dT%H:%M",
