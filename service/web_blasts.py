@@ -163,7 +163,7 @@ def blast_export(blast_id: int) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}.csv"'})
 
 
-def _act(blast_id: int, action: str) -> Response:
+def _act(blast_id: int, action: str) -> ResponseReturnValue:
     user = _user()
     settings = current_settings()
     session = db_session()
@@ -204,5 +204,5 @@ def _act(blast_id: int, action: str) -> Response:
 @bp.route("/blasts/<int:blast_id>/<any(pause, resume, cancel, approve, resend, schedule):action>",
           methods=["POST"])
 @login_required
-def blast_action(blast_id: int, action: str) -> Response:
+def blast_action(blast_id: int, action: str) -> ResponseReturnValue:
     return _act(blast_id, action)
