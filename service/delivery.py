@@ -42,7 +42,7 @@ from .ledger import (
     running_blast_ids,
 )
 from .models import DeliveryOutcome
-from .rendering import Recipient, prepare_release
+from .rendering import prepare_release
 from .smtp_pool import SmtpConnection
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class Worker:
         if prepared is None or prepared.release is None:
             return prepared.error if prepared else "the release was not prepared"
         try:
-            return bytes(prepared.release.render_bytes(Recipient.from_contact(job.contact),
+            return bytes(prepared.release.render_bytes(job.recipient,
                                                        message_id=job.message_id, now=_now(),
                                                        blast_id=job.blast_id))
         except RenderError as exc:
@@ -217,6 +217,7 @@ class Worker:
 
     async def _sender(self) -> None:
         connection = SmtpConnection(self.settings)
+        previous: asyncio.Future[None] | None = None  # the recording of this connection's last message
         try:
             while (job := await self._queue.get()) is not None:
                 if self._queue.qsize() < self.settings.batch_size:
@@ -225,40 +226,46 @@ class Worker:
                     self._to_release.append(job.id)
                     self._record_wanted.set()
                     continue
-                self._in_flight += 1
-                try:
-                    await self._deliver(connection, job)
-                finally:
-                    self._in_flight -= 1
+                previous = await self._deliver(connection, job, previous)
+            if previous is not None:
+                await previous
         finally:
             await connection.close(polite=True)
 
-    async def _deliver(self, connection: SmtpConnection, job: Claimed) -> None:
-        domain = job.email.rpartition("@")[2].lower()
-        limit = self._domains.setdefault(domain, asyncio.Semaphore(self.settings.domain_concurrency))
+    async def _deliver(self, connection: SmtpConnection, job: Claimed,
+                       previous: asyncio.Future[None] | None) -> asyncio.Future[None]:
+        """Render and send one message; returns the future of its recording. The send waits for
+        `previous` before DATA, so at most one accepted message per connection is unrecorded."""
+        self._in_flight += 1
         data = self._render(job)
         started = time.perf_counter()
         if isinstance(data, str):
             attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
         else:
+            domain = job.email.rpartition("@")[2].lower()
+            limit = self._domains.setdefault(domain, asyncio.Semaphore(self.settings.domain_concurrency))
             async with limit:
                 delay = self._relay_down_until - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await self._rate.wait()
                 envelope_from = self._prepared[job.release_id].release.envelope_from
-                result = await connection.send(envelope_from, job.email, data)
+                result = await connection.send(envelope_from, job.email, data, before_data=previous)
             self._note_relay(result.relay_down, result.smtp_reply)
             attempt = self._attempt(job, result.outcome, result.smtp_code, result.smtp_reply,
                                     result.error_type, time.perf_counter() - started)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(self._landed)
         self._pending.append((attempt, done))
         self._record_wanted.set()
-        await done  # at most one accepted-but-unrecorded message per connection
+        return done
+
+    def _landed(self, _done: asyncio.Future[None]) -> None:
+        self._in_flight -= 1
 
     def _attempt(self, job: Claimed, outcome: DeliveryOutcome, code: int | None, reply: str | None,
                  error_type: str | None, duration: float | None) -> Attempt:
-        return Attempt(job.id, job.blast_id, job.contact.id, job.attempts + 1, outcome, code, reply,
+        return Attempt(job.id, job.blast_id, job.contact_id, job.attempts + 1, outcome, code, reply,
                        error_type, duration, _now())
 
     def _note_relay(self, down: bool, reply: str | None) -> None:

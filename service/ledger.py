@@ -25,6 +25,7 @@ from .models import (
     MessageStatus,
     QueuedMessage,
 )
+from .rendering import Recipient
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class Claimed:
     email: str
     message_id: str
     attempts: int
-    contact: Contact
+    contact_id: int
+    recipient: Recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +88,19 @@ def claim_due_messages(session: Session, *, worker_id: str, now: datetime, limit
         .returning(table.c.id)))
     if not ids:
         return []
+    # Plain columns, not ORM objects: a batch is built in a fraction of the time.
     rows = session.execute(
         select(QueuedMessage.id, QueuedMessage.blast_id, Blast.release_id, QueuedMessage.email,
-               QueuedMessage.message_id, QueuedMessage.attempts, Contact)
+               QueuedMessage.message_id, QueuedMessage.attempts, Contact.id, Contact.civility,
+               Contact.first_name, Contact.last_name, Contact.outlet, Contact.language)
         .join(Blast, Blast.id == QueuedMessage.blast_id)
         .join(Contact, Contact.id == QueuedMessage.contact_id)
         .where(QueuedMessage.id.in_(ids)).order_by(QueuedMessage.id))
-    return [Claimed(*row) for row in rows]
+    return [Claimed(row_id, blast_id, release_id, email, message_id, attempts, contact_id,
+                    Recipient(email=email, contact_id=contact_id, civility=civility, first_name=first,
+                              last_name=last, outlet=outlet, language=language))
+            for (row_id, blast_id, release_id, email, message_id, attempts, contact_id, civility, first,
+                 last, outlet, language) in rows]
 
 
 def release_claims(session: Session, row_ids: Iterable[int]) -> int:

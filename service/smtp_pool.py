@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
 
@@ -72,6 +74,8 @@ class SmtpConnection:
         await self.close()
         client = self._new_client()
         await client.connect()
+        if client.is_ehlo_or_helo_needed:
+            await client.ehlo()
         self.client, self.sent_count = client, 0
 
     async def close(self, *, polite: bool = False) -> None:
@@ -86,8 +90,12 @@ class SmtpConnection:
                 pass  # closing anyway
         client.close()
 
-    async def send(self, envelope_from: str, address: str, data: bytes) -> SendResult:
-        """One message to one recipient; never raises for SMTP or network trouble."""
+    async def send(self, envelope_from: str, address: str, data: bytes, *,
+                   before_data: Awaitable[Any] | None = None) -> SendResult:
+        """One message to one recipient; never raises for SMTP or network trouble. `before_data`
+        is awaited between RCPT and DATA: the worker passes the recording of this connection's
+        previous message, so MAIL and RCPT overlap with it, yet at most one accepted message per
+        connection is ever unrecorded. `data` must have CRLF line endings (render_bytes does)."""
         if self.client is not None and (not self.client.is_connected
                                         or self.sent_count >= self.settings.smtp_messages_per_connection):
             await self.close(polite=True)
@@ -97,28 +105,45 @@ class SmtpConnection:
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 await self.close()
                 return _no_reply(exc, relay_down=True)
-        assert self.client is not None
-        options = ["SMTPUTF8"] if not (address.isascii() and envelope_from.isascii()) else None
+        client = self.client
+        assert client is not None
+        self.sent_count += 1
+        options, encoding = [], "ascii"
+        if not (address.isascii() and envelope_from.isascii()):
+            if not client.supports_extension("smtputf8"):
+                return SendResult(DeliveryOutcome.failed, None, "the relay does not accept non-ASCII "
+                                  "addresses (no SMTPUTF8)", "SMTPNotSupported")
+            options, encoding = ["SMTPUTF8"], "utf-8"
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(data)}")
         try:
-            _errors, reply = await self.client.sendmail(envelope_from, [address], data, mail_options=options)
-            result = SendResult(DeliveryOutcome.sent, 250, reply[:1000])
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            refused = exc.recipients[0]
-            result = classify_reply(refused.code, refused.message, type(refused).__name__)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-            result = _no_reply(exc)
-        except aiosmtplib.SMTPResponseException as exc:
+            await client.mail(envelope_from, options=options, encoding=encoding)
+            await client.rcpt(address, encoding=encoding)
+            if before_data is not None:
+                await before_data
+            response = await client.data(data)
+            return SendResult(DeliveryOutcome.sent, response.code, response.message[:1000])
+        except aiosmtplib.SMTPResponseException as exc:  # MAIL, RCPT or DATA refused
             result = classify_reply(exc.code, exc.message, type(exc).__name__)
-        except aiosmtplib.SMTPNotSupported as exc:
-            result = SendResult(DeliveryOutcome.failed, None, str(exc), type(exc).__name__)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result = _no_reply(exc)
         except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
             result = SendResult(DeliveryOutcome.failed, None, str(exc)[:1000], type(exc).__name__)
-        self.sent_count += 1
         if result.reconnect:
             await self.close()
+        else:
+            await self._reset()
         return result
+
+    async def _reset(self) -> None:
+        """RSET after a refused transaction, so the connection can go on; replace it if that fails."""
+        if self.client is None or not self.client.is_connected:
+            await self.close()
+            return
+        try:
+            await self.client.rset()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            await self.close()
 
 
 async def send_each(settings: Settings, envelope_from: str,
@@ -134,3 +159,42 @@ async def send_each(settings: Settings, envelope_from: str,
     finally:
         await connection.close(polite=True)
     return results
+
+
+# ---- aiosmtplib fast paths --------------------------------------------------------------------
+# In DATA, aiosmtplib rewrites every line ending and then dot-stuffs with two regex substitutions
+# over the whole message: about 0.15 ms for an 11 KB release, the largest single cost per message
+# in the worker (measured with cProfile). Our messages already end their lines with CRLF and rarely
+# have a line starting with ".", so we check for that at C speed and hand anything else to the
+# original code: the bytes on the wire are exactly the same.
+
+def _install_fast_paths() -> None:
+    from aiosmtplib import protocol
+
+    if getattr(protocol, "_communique_fast_paths", False):
+        return
+    if not (callable(getattr(protocol, "normalize_message_line_endings", None))
+            and hasattr(getattr(protocol, "PERIOD_REGEX", None), "sub")):
+        return  # a different aiosmtplib: keep its own code
+    slow_normalize = protocol.normalize_message_line_endings
+    slow_period = protocol.PERIOD_REGEX
+
+    def normalize_message_line_endings(message: bytes) -> bytes:
+        crlf = message.count(b"\r\n")
+        if message.count(b"\n") == crlf and message.count(b"\r") == crlf and message.endswith(b"\r\n"):
+            return message
+        return slow_normalize(message)  # type: ignore[no-any-return]
+
+    class _PeriodStuffing:
+        @staticmethod
+        def sub(replacement: bytes, message: bytes) -> bytes:
+            if b"\n." not in message and not message.startswith(b"."):
+                return message
+            return slow_period.sub(replacement, message)
+
+    protocol.normalize_message_line_endings = normalize_message_line_endings  # type: ignore[assignment]
+    protocol.PERIOD_REGEX = _PeriodStuffing()  # type: ignore[assignment]
+    protocol._communique_fast_paths = True  # type: ignore[attr-defined]
+
+
+_install_fast_paths()

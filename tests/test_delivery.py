@@ -210,3 +210,19 @@ def test_reply_classification_follows_the_temporary_permanent_rule() -> None:
     assert classify_reply(550, "5.1.1 User unknown").outcome == "bounced"
 
 
+
+
+def test_fast_data_paths_put_the_same_bytes_on_the_wire() -> None:
+    """The fast line-ending and dot-stuffing checks give exactly aiosmtplib's own results."""
+    import re
+
+    from aiosmtplib import protocol
+
+    line_endings, period = re.compile(rb"(?:\r\n|\n|\r(?!\n))"), re.compile(rb"(?m)^\.")
+    samples = [b"a\r\nb\r\n", b"a\nb", b"a\rb\r\n", b".start\r\n", b"x\r\n.y\r\n..z\r\n", b"no end",
+               b"\r\n", b"caf\xc3\xa9\r\n\r\n.\r\n", b"a\r\r\nb\n\r\n"]
+    for sample in samples:
+        expected = line_endings.sub(b"\r\n", sample)
+        expected = expected if expected.endswith(b"\r\n") else expected + b"\r\n"
+        assert protocol.normalize_message_line_endings(sample) == expected
+        assert protocol.PERIOD_REGEX.sub(b"..", expected) == period.sub(b"..", expected)
