@@ -19,6 +19,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, func, select, text
 
@@ -41,8 +42,9 @@ CITIES = ["Casablanca", "Rabat", "Fès", "Tanger", "Marrakech", "Agadir"]
 TAGS = ["économie, tourisme", "culture", "sport", "", "tourisme, gastronomie"]
 
 
-def write_file(path: Path, rows: int) -> None:
-    """Streamed to disk, one row at a time; every 50th row repeats an address (in capitals)."""
+def write_file(path: Path, rows: int, edition: str = "") -> None:
+    """Streamed to disk, one row at a time; every 50th row repeats an address (in capitals).
+    A non-empty `edition` changes every journalist's outlet (a re-import that updates all)."""
     with path.open("w", encoding="cp1252", newline="") as out:
         writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
         writer.writerow(HEADER)
@@ -51,7 +53,7 @@ def write_file(path: Path, rows: int) -> None:
             email = f"journaliste.{number}@redaction{number % 97}.example"
             writer.writerow([
                 "Mme" if i % 2 else "M.", FIRST[i % len(FIRST)], LAST[i % len(LAST)],
-                email.upper() if number != i else email, OUTLETS[i % len(OUTLETS)],
+                email.upper() if number != i else email, OUTLETS[i % len(OUTLETS)] + edition,
                 MEDIA[i % len(MEDIA)], "Journaliste", LANGUAGES[i % len(LANGUAGES)],
                 COUNTRIES[i % len(COUNTRIES)], CITIES[i % len(CITIES)], TAGS[i % len(TAGS)]])
 
@@ -60,10 +62,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def run(label: str, database_url: str, data: bytes, rows: int) -> None:
+def run(label: str, database_url: str, files: list[tuple[str, bytes]], rows: int) -> None:
     engine = make_engine(database_url)
     upgrade_schema(engine)
     factory = make_session_factory(engine)
+    for name, data in files:
+        measure(f"{label}, {name}", factory, data, rows)
+    engine.dispose()
+
+
+def measure(label: str, factory: Any, data: bytes, rows: int) -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     with session_scope(factory) as session:
         report = import_contacts(session, data, list_name="bench", now=datetime.now(UTC),
@@ -71,7 +79,6 @@ def run(label: str, database_url: str, data: bytes, rows: int) -> None:
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     with session_scope(factory) as session:
         stored = session.scalar(select(func.count()).select_from(Contact))
-    engine.dispose()
     print(f"{label}: {rows} rows in {elapsed:.2f} s = {rows / elapsed:,.0f} rows/s; "
           f"created {report.created}, updated {report.updated}, unchanged {report.unchanged}, "
           f"rejected {len(report.rejected)}; {stored} contacts stored; "
@@ -87,9 +94,12 @@ def main() -> None:
         path = Path(folder) / "contacts.csv"
         write_file(path, args.rows)
         data = path.read_bytes()
+        write_file(path, args.rows, edition=" (édition du soir)")
+        files = [("new list", data), ("same list again", data),
+                 ("every outlet changed", path.read_bytes())]
         print(f"file: {len(data) / 1e6:.1f} MB, Windows-1252, semicolon; "
               f"peak RSS before import {peak_rss_mb():.0f} MB")
-        run("sqlite", f"sqlite:///{Path(folder) / 'bench.db'}", data, args.rows)
+        run("sqlite", f"sqlite:///{Path(folder) / 'bench.db'}", files, args.rows)
         postgres_url = os.environ.get("COMMUNIQUE_TEST_POSTGRES_URL")
         if postgres_url:
             schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -99,7 +109,7 @@ def main() -> None:
             separator = "&" if "?" in postgres_url else "?"
             try:
                 run("postgresql", f"{postgres_url}{separator}options=-csearch_path%3D{schema}",
-                    data, args.rows)
+                    files, args.rows)
             finally:
                 with admin.begin() as connection:
                     connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

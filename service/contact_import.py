@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2000
 MERGED_FIELDS = tuple(name for name in FIELDS if name not in ("email", "tags"))
-WRITTEN = ("email", "email_key", *MERGED_FIELDS, "tags", "status")
+UPDATED = (*MERGED_FIELDS, "tags", "status")
+WRITTEN = ("email", "email_key", *UPDATED)
 
 HEADERS: dict[str, tuple[str, ...]] = {
     "email": ("email", "e mail", "mail", "courriel", "mel", "adresse email", "adresse e mail",
@@ -360,13 +361,18 @@ def _copy(session: Session, table: str, columns: tuple[str, ...], rows: Iterable
 
 
 def _update_contacts(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
+    """Write merged contacts back by id (not the address columns: they did not change)."""
     table = _CONTACTS
     if session.get_bind().dialect.name == "postgresql":
-        source = _unnested(rows, ("id", *WRITTEN))
+        source = _unnested(rows, ("id", *UPDATED))
         session.execute(update(table).where(table.c.id == source.c.id).values(
-            {**{name: source.c[name] for name in WRITTEN}, "updated_at": now}))
-    else:
-        session.execute(update(Contact), [{**row, "updated_at": now} for row in rows])
+            {**{name: source.c[name] for name in UPDATED}, "updated_at": now}))
+        return
+    statement = update(table).where(table.c.id == bindparam("row_id")).values(
+        {name: bindparam(f"row_{name}") for name in (*UPDATED, "updated_at")})
+    session.execute(statement, [
+        {"row_id": row["id"], "row_updated_at": now, **{f"row_{name}": row[name] for name in UPDATED}}
+        for row in rows])
 
 
 def _among(session: Session, column: Any, keys: list[str]) -> Any:
@@ -385,16 +391,16 @@ def _unnested(rows: list[dict[str, Any]], names: tuple[str, ...]) -> Any:
 
 
 def _stored_records(session: Session, keys: list[str]) -> dict[str, _Record]:
-    columns = [getattr(Contact, name) for name in MERGED_FIELDS]
-    rows = session.execute(select(Contact.id, Contact.email_key, Contact.email, Contact.tags,
-                                  Contact.status, *columns)
-                           .where(_among(session, Contact.email_key, keys)))
+    table = _CONTACTS
+    rows = session.execute(select(table.c.id, table.c.email, table.c.email_key, table.c.tags,
+                                  table.c.status, *(table.c[name] for name in MERGED_FIELDS))
+                           .where(_among(session, table.c.email_key, keys)))
     records = {}
-    for row in rows:
-        values = {name: getattr(row, name) for name in MERGED_FIELDS}
-        values.update(email=row.email, email_key=row.email_key)
-        records[row.email_key] = _Record(values, [t for t in row.tags.split(",") if t],
-                                         row.status, id=row.id)
+    for contact_id, email, email_key, tags, status, *merged in rows.tuples():
+        values = dict(zip(MERGED_FIELDS, merged, strict=True))
+        values.update(email=email, email_key=email_key)
+        records[email_key] = _Record(values, [tag for tag in tags.split(",") if tag], status,
+                                     id=contact_id)
     return records
 
 
