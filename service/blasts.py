@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import IO, Any
 
-from sqlalchemy import String, and_, cast, exists, func, literal, or_, select, update
+from sqlalchemy import String, Table, and_, cast, exists, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -126,7 +126,7 @@ def enqueue_blast(session: Session, settings: Settings, blast: Blast, *, now: da
                     literal(now, QueuedMessage.updated_at.type)).where(*_blast_where(blast))
     columns = ["blast_id", "contact_id", "email", "status", "attempts", "message_id",
                "created_at", "updated_at"]
-    table = QueuedMessage.__table__
+    table: Table = QueuedMessage.__table__  # type: ignore[assignment]
     insert = (postgresql.insert(table) if session.get_bind().dialect.name == "postgresql"
               else sqlite.insert(table))
     statement = insert.from_select(columns, source).on_conflict_do_nothing(

@@ -204,7 +204,7 @@ class Worker:
     def _render(self, job: Claimed) -> bytes | str:
         prepared = self._prepared.get(job.release_id)
         if prepared is None or prepared.release is None:
-            return prepared.error if prepared else "the release was not prepared"
+            return (prepared.error if prepared else None) or "the release was not prepared"
         try:
             return bytes(prepared.release.render_bytes(job.recipient,
                                                        message_id=job.message_id, now=_now(),

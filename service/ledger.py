@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .config import Settings
@@ -74,7 +74,7 @@ def claim_due_messages(session: Session, *, worker_id: str, now: datetime, limit
     LOCKED, so concurrent workers never take the same row; SQLite serializes writers."""
     if not blast_ids:
         return []
-    table = QueuedMessage.__table__
+    table: Table = QueuedMessage.__table__  # type: ignore[assignment]
     pick = (select(table.c.id)
             .where(table.c.blast_id.in_(list(blast_ids)),
                    or_(table.c.status == MessageStatus.queued,
@@ -149,7 +149,7 @@ def record_attempts(session: Session, settings: Settings, attempts: Sequence[Att
     contacts marked bounced. A deferral past the retry lifetime becomes a failure."""
     if not attempts:
         return
-    table = QueuedMessage.__table__
+    table: Table = QueuedMessage.__table__  # type: ignore[assignment]
     deferred_ids = [a.row_id for a in attempts if a.outcome == DeliveryOutcome.deferred]
     first_at: dict[int, datetime] = {}
     if deferred_ids:
@@ -181,7 +181,7 @@ def record_attempts(session: Session, settings: Settings, attempts: Sequence[Att
                 last_smtp_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
                 sent_at=bindparam("b_sent"), claimed_at=None, claimed_by=None),
         updates, execution_options={"synchronize_session": False})
-    session.execute(insert(DeliveryLog.__table__), logs)
+    session.execute(insert(DeliveryLog.__table__), logs)  # type: ignore[arg-type]
     for a in attempts:
         if a.outcome == DeliveryOutcome.bounced:
             mark_bounced(session, a.contact_id, now=a.at)

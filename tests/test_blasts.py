@@ -258,3 +258,33 @@ def test_resend_to_unsent_targets_only_contacts_who_did_not_get_it(db: Session, 
     assert again.resend_of_id == blast.id and again.status == BlastStatus.running
     emails = set(db.scalars(select(QueuedMessage.email).where(QueuedMessage.blast_id == again.id)))
     assert emails == {"j2@example.net", "j3@example.net"}
+
+
+def test_cli_creates_shows_pauses_and_exports_a_blast(db: Session, runner) -> None:  # type: ignore[no-untyped-def]
+    """`blasts create --json` starts a blast now, `show --json` reports counts, pause/resume/cancel
+    change its state, `deliveries --csv` lists the ledger, and `--at` schedules for later."""
+    import json
+
+    from service.cli import main
+
+    add_list(db, "presse", 3)
+    release = add_release(db)
+    created = runner.invoke(main, ["blasts", "create", "--release", str(release.id), "--list", "presse",
+                                   "--json"])
+    assert created.exit_code == 0, created.output
+    data = json.loads(created.output)
+    assert data == {"id": data["id"], "status": "running", "recipients": 3}
+    shown = json.loads(runner.invoke(main, ["blasts", "show", str(data["id"]), "--json"]).output)
+    assert shown["counts"]["queued"] == 3 and shown["status"] == "running" and "eta" in shown
+    assert "paused" in runner.invoke(main, ["blasts", "pause", str(data["id"])]).output
+    assert "running" in runner.invoke(main, ["blasts", "resume", str(data["id"])]).output
+    assert "cancelled" in runner.invoke(main, ["blasts", "cancel", str(data["id"])]).output
+    refused = runner.invoke(main, ["blasts", "pause", str(data["id"])])
+    assert refused.exit_code == 1 and "cancelled" in refused.output
+    exported = runner.invoke(main, ["blasts", "deliveries", str(data["id"]), "--status", "queued", "--csv"])
+    assert exported.output.splitlines()[0].startswith("email,") and len(exported.output.splitlines()) == 4
+    later = json.loads(runner.invoke(main, ["blasts", "create", "--release", str(release.id), "--list",
+                                            "presse", "--at", "2999-01-01T09:00", "--json"]).output)
+    assert later["status"] == "scheduled" and later["recipients"] == 3
+    listed = json.loads(runner.invoke(main, ["blasts", "list", "--json"]).output)
+    assert [b["id"] for b in listed] == [later["id"], data["id"]]
