@@ -396,7 +396,7 @@ def _stored_records(session: Session, keys: list[str]) -> dict[str, _Record]:
                                   table.c.status, *(table.c[name] for name in MERGED_FIELDS))
                            .where(_among(session, table.c.email_key, keys)))
     records = {}
-    for contact_id, email, email_key, tags, status, *merged in rows.tuples():
+    for contact_id, email, email_key, tags, status, *merged in rows:
         values = dict(zip(MERGED_FIELDS, merged, strict=True))
         values.update(email=email, email_key=email_key)
         records[email_key] = _Record(values, [tag for tag in tags.split(",") if tag], status,
