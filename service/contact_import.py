@@ -354,8 +354,9 @@ def _insert_contacts(session: Session, rows: list[dict[str, Any]],
 def _copy(session: Session, table: str, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]],
           ) -> None:
     """COPY rows into a table on the session's own PostgreSQL connection and transaction."""
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+    driver = session.connection().connection.driver_connection
+    with driver.cursor() as cursor, cursor.copy(  # type: ignore[union-attr]
+            f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
 
