@@ -1,6 +1,5 @@
-"""CSV import of media contacts, as press offices really export them: the encoding and the
-delimiter are detected, French or English headers mapped, each row validated by the one contact
-validator, duplicates merged (in the file and against the database), suppression enforced.
+"""CSV import of media contacts: each row of a file read by `contact_csv` validated by the one
+contact validator, duplicates merged (in the file and against the database), suppression enforced.
 
 Streams the file and writes in chunks (one query for a chunk's known addresses, bulk insert,
 bulk update, bulk list memberships), inside one savepoint: all or nothing, and `dry_run` rolls
@@ -8,12 +7,8 @@ the savepoint back so its report is exactly what a real import would do."""
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 import logging
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -22,7 +17,8 @@ from sqlalchemy import String, Table, any_, bindparam, func, insert, select, upd
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from .contact_fields import FIELDS, fold, tags_column, validate_contact
+from .contact_csv import delimiter_name, encoding_name, open_csv
+from .contact_fields import FIELDS, tags_column, validate_contact
 from .contacts import add_memberships, get_or_create_list
 from .errors import FieldError, ValidationError
 from .models import Contact, ContactStatus, Suppression
@@ -34,34 +30,7 @@ MERGED_FIELDS = tuple(name for name in FIELDS if name not in ("email", "tags"))
 UPDATED = (*MERGED_FIELDS, "tags", "status")
 WRITTEN = ("email", "email_key", *UPDATED)
 
-HEADERS: dict[str, tuple[str, ...]] = {
-    "email": ("email", "e mail", "mail", "courriel", "mel", "adresse email", "adresse e mail",
-              "adresse mail", "adresse electronique", "adresse courriel", "email address",
-              "e mail address", "mail address"),
-    "civility": ("civilite", "civility", "title", "titre", "salutation", "prefix", "genre"),
-    "first_name": ("prenom", "first name", "firstname", "given name", "forename", "prenoms"),
-    "last_name": ("nom", "last name", "lastname", "surname", "family name", "nom de famille"),
-    "outlet": ("media", "support", "redaction", "outlet", "publication", "titre de presse",
-               "media outlet", "organisation", "organization", "company", "societe", "journal",
-               "employer", "entreprise"),
-    "role": ("fonction", "poste", "role", "rubrique", "beat", "job title", "position",
-             "specialite", "desk", "service", "function", "titre du poste"),
-    "media_type": ("type de media", "type media", "media type", "type de support", "type",
-                   "categorie de media", "media category", "kind of media"),
-    "language": ("langue", "language", "lang", "langue de travail", "langue preferee",
-                 "preferred language", "locale"),
-    "country": ("pays", "country", "nation", "country code", "code pays"),
-    "city": ("ville", "city", "town", "localite", "commune"),
-    "tags": ("tags", "tag", "etiquettes", "etiquette", "mots cles", "keywords", "labels",
-             "label", "categories", "thematiques", "themes", "interets", "interests"),
-    "consent_source": ("source", "consentement", "consent", "consent source",
-                       "source du consentement", "origine", "origin", "opt in source"),
-}
-_FIELD_BY_HEADER = {fold(alias): name for name, aliases in HEADERS.items() for alias in aliases}
-_EMAIL_WORDS = {"email", "mail", "courriel", "mel"}
-_DELIMITERS = (";", ",", "\t")
 _CONTACTS = cast(Table, Contact.__table__)
-_FORMULA_STARTS = ("'=", "'+", "'-", "'@")  # our export's neutralized cells, taken back
 
 
 @dataclass
@@ -93,7 +62,7 @@ class ImportReport:
         where = f" into list {self.list_name!r}" if self.list_name else ""
         lines = [f"{prefix}{where}: {self.created} created, {self.updated} updated, "
                  f"{self.unchanged} unchanged, {len(self.rejected)} rejected "
-                 f"({_encoding_name(self.encoding)}, {_delimiter_name(self.delimiter)})"]
+                 f"({encoding_name(self.encoding)}, {delimiter_name(self.delimiter)})"]
         if self.not_mailable:
             lines.append(f"{self.not_mailable} rows are unsubscribed, bounced or suppressed "
                          "contacts: kept that way, they will not be mailed")
@@ -107,17 +76,14 @@ def import_contacts(session: Session, data: bytes, *, list_name: str | None = No
     """Import a CSV file's bytes; rows go to `list_name` when given. A bad row is reported
     (row, field, value, reason) and skipped; a file that cannot be read raises ValidationError
     and writes nothing. `source` is recorded as the consent source of new contacts."""
-    encoding = detect_encoding(data)
-    stream = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
-    delimiter, skip_sep_line = detect_delimiter(stream)
-    report = ImportReport(dry_run=dry_run, list_name=list_name, encoding=encoding,
-                          delimiter=delimiter)
-    rows = _read_rows(stream, delimiter, skip_sep_line)
+    source_file = open_csv(data)
+    report = ImportReport(dry_run=dry_run, list_name=list_name, encoding=source_file.encoding,
+                          delimiter=source_file.delimiter)
     savepoint = session.begin_nested()
     try:
         list_id = get_or_create_list(session, list_name).id if list_name else None
         chunk: list[tuple[int, dict[str, Any]]] = []
-        for row_number, cells in rows:
+        for row_number, cells in source_file.rows:
             contact = _validate_row(row_number, cells, report)
             if contact is None:
                 continue
@@ -141,106 +107,6 @@ def import_contacts(session: Session, data: bytes, *, list_name: str | None = No
              " (dry run)" if dry_run else "", report.created, report.updated, report.unchanged,
              len(report.rejected))
     return report
-
-
-def detect_encoding(data: bytes) -> str:
-    """UTF-8 (with or without BOM) when the bytes decode strictly, else Windows-1252 (French
-    Excel); UTF-16 when it has a BOM (Excel's "Unicode text"). Binary files are refused."""
-    if not data.strip():
-        raise ValidationError(FieldError("file", "the file is empty"))
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    if data.startswith(b"PK\x03\x04") or data.startswith(b"\xd0\xcf\x11\xe0"):
-        raise ValidationError(FieldError(
-            "file", "this is an Excel workbook, not a CSV file: save it as CSV and import that"))
-    if b"\x00" in data:
-        raise ValidationError(FieldError("file", "this is a binary file, not CSV text"))
-    for encoding in ("utf-8-sig", "cp1252"):
-        if _decodes(data, encoding):
-            return encoding
-    raise ValidationError(FieldError("file", "cannot read the file as UTF-8 or Windows-1252 text"))
-
-
-def detect_delimiter(stream: io.TextIOWrapper) -> tuple[str, bool]:
-    """The delimiter of the header line (Excel's "sep=;" first line wins), and whether that
-    "sep=" line must be skipped. Leaves the stream at its start."""
-    sample = stream.read(64 * 1024)
-    stream.seek(0)
-    lines = sample.lstrip("\r\n").splitlines()
-    first = lines[0] if lines else ""
-    match = re.fullmatch(r'"?sep=(.)"?,*', first.strip())
-    if match:
-        return match.group(1), True
-    widths = {delimiter: len(next(csv.reader([first], delimiter=delimiter), []))
-              for delimiter in _DELIMITERS}
-    best = max(_DELIMITERS, key=lambda delimiter: widths[delimiter])
-    if widths[best] > 1:
-        return best, False
-    try:
-        return csv.Sniffer().sniff(sample, delimiters="".join(_DELIMITERS)).delimiter, False
-    except csv.Error:
-        return ",", False  # one column: any delimiter reads it
-
-
-def map_headers(header: list[str]) -> dict[int, str]:
-    """Column index -> contact field, for the headers we know (first column wins a field)."""
-    columns: dict[int, str] = {}
-    taken: set[str] = set()
-    for index, title in enumerate(header):
-        name = _FIELD_BY_HEADER.get(fold(title))
-        if name is None and "email" not in taken and _EMAIL_WORDS & set(fold(title).split()):
-            name = "email"
-        if name is not None and name not in taken:
-            columns[index] = name
-            taken.add(name)
-    if "email" not in taken:
-        shown = ", ".join(repr(title.strip()) for title in header if title.strip())[:300]
-        raise ValidationError(FieldError(
-            "file", "no email column: the first row must be the headers, with one such as email, "
-                    f"e-mail, courriel or mail (found: {shown or 'nothing'})", row=1))
-    return columns
-
-
-def _read_rows(stream: io.TextIOWrapper, delimiter: str,
-               skip_sep_line: bool) -> Iterator[tuple[int, dict[str, str]]]:
-    """(spreadsheet row number, {field: cell}) for each non-blank data row. The header is
-    read now, so a file without an email column fails before anything is written."""
-    if skip_sep_line:
-        stream.readline()
-    reader = csv.reader(stream, delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
-    row_number = 0
-    try:
-        for header in reader:
-            row_number += 1
-            if any(cell.strip() for cell in header):
-                break
-        else:
-            raise ValidationError(FieldError("file", "the file has no header row"))
-    except csv.Error as exc:
-        raise ValidationError(FieldError("file", f"not a CSV file: {exc}", row=1)) from exc
-    columns = map_headers(header)
-    return _data_rows(reader, columns, row_number)
-
-
-def _data_rows(reader: Any, columns: dict[int, str],
-               row_number: int) -> Iterator[tuple[int, dict[str, str]]]:
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise ValidationError(FieldError(None, f"unreadable CSV: {exc}",
-                                             row=row_number + 1)) from exc
-        row_number += 1
-        if not any(cell.strip() for cell in cells):
-            continue
-        yield row_number, {name: _unquote_formula(cells[index])
-                           for index, name in columns.items() if index < len(cells)}
-
-
-def _unquote_formula(cell: str) -> str:
-    return cell[1:] if cell.startswith(_FORMULA_STARTS) else cell
 
 
 def _validate_row(row_number: int, cells: dict[str, str],
@@ -403,23 +269,3 @@ def _stored_records(session: Session, keys: list[str]) -> dict[str, _Record]:
         records[email_key] = _Record(values, [tag for tag in tags.split(",") if tag], status,
                                      id=contact_id)
     return records
-
-
-def _decodes(data: bytes, encoding: str) -> bool:
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    step = 1 << 20
-    try:
-        for start in range(0, len(data), step):
-            decoder.decode(data[start:start + step], final=start + step >= len(data))
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _encoding_name(encoding: str) -> str:
-    return {"utf-8-sig": "UTF-8", "cp1252": "Windows-1252", "utf-16": "UTF-16"}.get(
-        encoding, encoding)
-
-
-def _delimiter_name(delimiter: str) -> str:
-    return {",": "comma", ";": "semicolon", "\t": "tab"}.get(delimiter, repr(delimiter))
