@@ -61,7 +61,7 @@ def suppress_command(context: Context, emails: tuple[str, ...], reason: str | No
     with context.session() as session:
         added = suppress(session, emails, reason=reason, actor="cli", now=datetime.now(UTC))
     emit({"suppressed": added, "given": len(emails)}, as_json,
-         f"{added} addresses added to the suppression list ({len(emails) - added} already there)")
+         f"suppression list: {added} added, {len(emails) - added} already there")
 
 
 @click.command("lists")
