@@ -16,8 +16,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -72,6 +73,30 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+class DomainLimiter:
+    """At most `limit` sends in flight to one recipient domain. Only domains with a send in
+    flight keep a semaphore, so memory stays flat however many domains a blast reaches."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._domains: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, domain: str) -> AsyncIterator[None]:
+        semaphore, users = self._domains.setdefault(domain, (asyncio.Semaphore(self.limit), [0]))
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._domains[domain]
+
+    def __len__(self) -> int:
+        return len(self._domains)
+
+
 @dataclass
 class _Prepared:
     release: Any = None
@@ -93,7 +118,6 @@ class Worker:
     _to_release: list[int] = field(default_factory=list)
     _running: set[int] = field(default_factory=set)
     _prepared: dict[int, _Prepared] = field(default_factory=dict)
-    _domains: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     _in_flight: int = 0
     _relay_failures: int = 0
     _relay_down_until: float = 0.0
@@ -105,6 +129,7 @@ class Worker:
         self._senders_done = False
         self._last_renewal = time.monotonic()
         self._rate = RateLimiter(self.settings.send_rate)
+        self._domains = DomainLimiter(self.settings.domain_concurrency)
         self._claim_pool = ThreadPoolExecutor(1, thread_name_prefix="claim")
         self._record_pool = ThreadPoolExecutor(1, thread_name_prefix="record")
 
@@ -242,9 +267,7 @@ class Worker:
         if isinstance(data, str):
             attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
         else:
-            domain = job.email.rpartition("@")[2].lower()
-            limit = self._domains.setdefault(domain, asyncio.Semaphore(self.settings.domain_concurrency))
-            async with limit:
+            async with self._domains.hold(job.email.rpartition("@")[2].lower()):
                 delay = self._relay_down_until - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)

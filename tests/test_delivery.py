@@ -226,3 +226,25 @@ def test_fast_data_paths_put_the_same_bytes_on_the_wire() -> None:
         expected = expected if expected.endswith(b"\r\n") else expected + b"\r\n"
         assert protocol.normalize_message_line_endings(sample) == expected
         assert protocol.PERIOD_REGEX.sub(b"..", expected) == period.sub(b"..", expected)
+
+
+def test_domain_limit_holds_sends_to_one_domain_and_forgets_idle_domains() -> None:
+    """No more than the limit of sends run at once to one domain; a domain with none in flight is dropped."""
+    import asyncio
+
+    from service.delivery import DomainLimiter
+
+    async def scenario() -> tuple[int, int]:
+        limiter, running, peak = DomainLimiter(2), [0], [0]
+
+        async def send(domain: str) -> None:
+            async with limiter.hold(domain):
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+                await asyncio.sleep(0.01)
+                running[0] -= 1
+
+        await asyncio.gather(*[send("lematin.example") for _ in range(6)], send("other.example"))
+        return peak[0], len(limiter)
+
+    assert asyncio.run(scenario()) == (3, 0)  # 2 to lematin + 1 to other at most; none kept
