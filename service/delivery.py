@@ -366,8 +366,11 @@ class Worker:
                      self.attempt_count, self.sent_count)
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+def new_worker_id(label: str | None = None) -> str:
+    """Unique per run (host, pid, random), so leases of two workers never get mixed up; the
+    optional label only makes it readable."""
+    unique = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+    return f"{label}@{unique}"[:100] if label else unique
 
 
 def _worker_engine(settings: Settings) -> Any:
@@ -392,7 +395,7 @@ async def run_worker_async(settings: Settings, *, until_idle: bool = False,
     if session_factory is None:
         engine = _worker_engine(settings)
         session_factory = make_session_factory(engine)
-    worker = Worker(settings, session_factory, worker_id or new_worker_id(), until_idle=until_idle,
+    worker = Worker(settings, session_factory, new_worker_id(worker_id), until_idle=until_idle,
                     include_due=include_due, stop_event=stop_event)
     loop = asyncio.get_running_loop()
     handled = []
@@ -418,7 +421,8 @@ def run_worker(settings: Settings, *, until_idle: bool = False, stop_event: thre
                session_factory: sessionmaker[Session] | None = None) -> Worker:
     """Run the worker until stopped (SIGTERM/SIGINT in the main thread, or `stop_event` from any
     thread), or with `until_idle` until nothing is queued, sending, deferred or due. Runs its
-    own event loop (uvloop when installed), so it can run in a background thread."""
+    own event loop (uvloop when installed), so it can run in a background thread. `worker_id`
+    is a readable label; a unique suffix is always added."""
     try:
         import uvloop
 
