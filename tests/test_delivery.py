@@ -248,3 +248,28 @@ def test_domain_limit_holds_sends_to_one_domain_and_forgets_idle_domains() -> No
         return peak[0], len(limiter)
 
     assert asyncio.run(scenario()) == (3, 0)  # 2 to lematin + 1 to other at most; none kept
+
+
+def test_dead_relay_is_logged_once_and_the_worker_backs_off(db, settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    """With nothing listening on the relay port, messages are deferred (444), the outage is logged
+    once, and the worker backs off instead of hammering the relay."""
+    import logging
+
+    from smtp_server import free_port
+
+    dead = dataclasses.replace(settings, smtp_host="127.0.0.1", smtp_port=free_port(), smtp_connections=2)
+    blast = start(db, dead, 3)
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="service.delivery")
+    thread = threading.Thread(target=run_worker, args=(dead,), kwargs={"stop_event": stop,
+                                                                      "include_due": False})
+    thread.start()
+    time.sleep(2.5)
+    stop.set()
+    thread.join(10)
+    assert ledger(db, blast.id)["sent"] == 0
+    attempts = db.scalars(select(DeliveryLog)).all()
+    assert attempts and {(a.outcome, a.smtp_code) for a in attempts} == {("deferred", 444)}
+    assert len(attempts) <= 8  # backoff: a handful of attempts in 2.5 s, not hundreds
+    outages = [r for r in caplog.records if "cannot reach the relay" in r.getMessage()]
+    assert len(outages) == 1
