@@ -461,7 +461,8 @@ def send_test(session: Session, settings: Settings, release_id: int, addresses: 
     prepared = prepare_release(session, release_id, settings)
     messages = []
     for address in cleaned:
-        recipient = (dataclasses.replace(Recipient.from_contact(contact), email=address) if contact
+        recipient = (dataclasses.replace(Recipient.from_contact(contact), email=address, contact_id=None)
+                     if contact
                      else Recipient(email=address))
         messages.append((address, prepared.render_bytes(recipient, message_id=new_message_id(settings),
                                                         now=now, test=True)))

@@ -23,6 +23,7 @@ from .db import utcnow
 from .db_app import current_settings, db_session
 from .errors import CommuniqueError, ValidationError, WebhookRejected
 from .models import WebhookDelivery
+from .ops import count_webhook
 from .problems import problem, problem_from_error
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,21 @@ def init_app(app: Flask) -> None:
         csrf = getattr(web, "csrf", None)
     if csrf is not None:
         csrf.exempt(bp)  # signed by the CMS, no browser session involved
+
+
+@bp.after_request
+def _count(response: Response) -> Response:
+    """Webhook requests by outcome, for /metrics."""
+    if response.headers.get("Webhook-Replayed"):
+        outcome = "replayed"
+    elif response.status_code == 200:
+        outcome = "accepted"
+    elif response.status_code == 401:
+        outcome = "unauthorized"
+    else:
+        outcome = "rejected"
+    count_webhook(outcome)
+    return response
 
 
 @bp.errorhandler(CommuniqueError)

@@ -378,3 +378,18 @@ def test_end_to_end_webhook_to_inbox(smtp_settings, smtpd, engine, db, journalis
     db.expire_all()
     statuses = db.scalars(select(QueuedMessage.status)).all()
     assert statuses == [MessageStatus.sent, MessageStatus.sent]
+
+
+def test_webhook_requests_show_in_metrics_by_outcome(client, settings, db):
+    """Accepted, replayed and refused webhook requests are counted in /metrics by outcome."""
+    contacts.get_or_create_list(db, "presse-nationale")
+    db.commit()
+    body = json.dumps(payload()).encode()
+    headers = signed(settings.webhook_secret, body)
+    assert client.post("/webhooks/cms", data=body, headers=headers).status_code == 200
+    assert client.post("/webhooks/cms", data=body, headers=headers).status_code == 200
+    tampered = body.replace(b"ITB", b"XYZ")
+    assert client.post("/webhooks/cms", data=tampered, headers=headers).status_code == 401
+    metrics = client.get("/metrics").get_data(as_text=True)
+    for outcome in ("accepted", "replayed", "unauthorized"):
+        assert f'communique_webhook_requests_total{{outcome="{outcome}"}} 1.0' in metrics, outcome
