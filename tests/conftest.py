@@ -29,7 +29,7 @@ POSTGRES_URL = os.environ.get("COMMUNIQUE_TEST_POSTGRES_URL", "")
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples" / "releases"
 if not SAMPLES.is_dir():
-    SAMPLES = ROOT / "tests" / "data" / "releases"
+    SAMPLES = ROOT / "service" / "demo" / "releases"  # the same two files, shipped for the demo
 DATA = Path(__file__).parent / "data"
 ARTIFACTS = ROOT / "test-artifacts"
 
