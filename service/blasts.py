@@ -160,17 +160,11 @@ def list_blasts(session: Session, status: str | None = None) -> list[Blast]:
     return list(session.scalars(query))
 
 
-def create_blast(session: Session, settings: Settings, *, release_id: int, list_names: Sequence[str],
-                 filters: dict[str, Any] | None = None, send_at: datetime | None = None,
-                 start_before: datetime | None = None, stop_after: datetime | None = None,
-                 actor: str | None = None, now: datetime, resend_of_id: int | None = None,
-                 schedule: bool = True, actor_role: str | None = None) -> Blast:
-    """Create a blast. Without `send_at` it starts now (its ledger rows exist on return). With
-    `schedule=False`, or an editor's blast when approval is required, it stays a draft."""
+def check_blast_times(*, send_at: datetime | None, start_before: datetime | None,
+                      stop_after: datetime | None, now: datetime) -> None:
+    """The schedule's times, checked before anything is stored (the schedule form calls it before
+    its confirmation step): aware, "do not start after" not before the send time, expiry after it."""
     errors: list[FieldError] = []
-    release = session.get(Release, release_id)
-    if release is None:
-        errors.append(FieldError("release_id", f"release {release_id} does not exist"))
     for name, value in (("send_at", send_at), ("start_before", start_before), ("stop_after", stop_after)):
         if value is not None and value.tzinfo is None:
             errors.append(FieldError(name, "needs a time zone"))
@@ -183,6 +177,23 @@ def create_blast(session: Session, settings: Settings, *, release_id: int, list_
         errors.append(FieldError("stop_after", "is not after the send time"))
     if errors:
         raise ValidationError(errors)
+
+
+def create_blast(session: Session, settings: Settings, *, release_id: int, list_names: Sequence[str],
+                 filters: dict[str, Any] | None = None, send_at: datetime | None = None,
+                 start_before: datetime | None = None, stop_after: datetime | None = None,
+                 actor: str | None = None, now: datetime, resend_of_id: int | None = None,
+                 schedule: bool = True, actor_role: str | None = None) -> Blast:
+    """Create a blast. Without `send_at` it starts now (its ledger rows exist on return). With
+    `schedule=False`, or an editor's blast when approval is required, it stays a draft."""
+    errors: list[FieldError] = []
+    release = session.get(Release, release_id)
+    if release is None:
+        errors.append(FieldError("release_id", f"release {release_id} does not exist"))
+    if errors:
+        raise ValidationError(errors)
+    check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after, now=now)
+    when = send_at or now
     lists = _lists_by_name(session, list_names)
     needs_approval = bool(settings.require_approval and actor_role == Role.editor)
     blast = Blast(release_id=release_id, status=BlastStatus.draft, send_at=when, start_before=start_before,

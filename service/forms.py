@@ -105,6 +105,13 @@ class MarkdownImportForm(FlaskForm):
     language = SelectField("Language", choices=options(RELEASE_LANGUAGES))
 
 
+class VariantForm(FlaskForm):
+    """A language variant of a release: a Markdown file, or the text pasted."""
+    language = SelectField("Language", choices=options(RELEASE_LANGUAGES))
+    file = FileField("Markdown file")
+    body = TextAreaField("Or paste the translated release (Markdown)")
+
+
 class AttachmentForm(FlaskForm):
     file = FileField("Attachment", validators=[FileRequired()])
 
@@ -121,6 +128,8 @@ class ScheduleForm(FlaskForm):
     media_type = SelectField("Media type", choices=[], validate_choice=False)  # the domain checks it
     tag = StringField("Tag", validators=[Optional(), Length(max=100)])
     send_at = DateTimeLocalField("Send at", format="%Y-%m-%dT%H:%M", validators=[Optional()])
+    start_before = DateTimeLocalField("Do not start after (optional)", format="%Y-%m-%dT%H:%M",
+                                      validators=[Optional()])
     stop_after = DateTimeLocalField("Stop sending after (optional)", format="%Y-%m-%dT%H:%M",
                                     validators=[Optional()])
     send_now = BooleanField("Send now")

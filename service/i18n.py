@@ -5,6 +5,7 @@ The source strings are English; `FR` holds their French. `_()` picks the user's 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -101,14 +102,33 @@ def init_app(app: object) -> None:
     app.jinja_env.filters.update(localtime=format_time, number=format_number)
 
 
-def translate_reason(reason: str) -> str:
-    """A domain error reason (English) in the user's language: the whole sentence when the
-    catalog has it, else its known head before ': ' (the detail, e.g. a value, stays as is)."""
-    language = current_language()
+_NUMBER = re.compile(r"\d+")
+
+
+def _lookup(text: str, catalog: dict[str, str]) -> str | None:
+    """The catalog's entry for `text`, or for its shape with each number as '#' (the numbers
+    are put back in order: 'attachments weigh 6144 KB' -> 'attachments weigh # KB')."""
+    if text in catalog:
+        return catalog[text]
+    numbers = _NUMBER.findall(text)
+    shaped = catalog.get(_NUMBER.sub("#", text)) if numbers else None
+    if shaped is None or shaped.count("#") != len(numbers):
+        return None
+    values = iter(numbers)
+    return re.sub("#", lambda _match: next(values), shaped)
+
+
+def translate_reason(reason: str, language: str | None = None) -> str:
+    """A domain error reason or warning (English) in the user's language: the whole sentence
+    when the catalog has it (numbers may vary), else its known head before ': ' (the detail,
+    e.g. a value, stays as is). English is the source, so it is returned unchanged."""
+    language = language or current_language()
     catalog = CATALOGS.get(language, {})
-    if reason in catalog:
-        return catalog[reason]
+    found = _lookup(reason, catalog)
+    if found is not None:
+        return found
     head, sep, detail = reason.partition(": ")
-    if sep and head in catalog:
-        return f"{catalog[head]} : {detail}" if language == "fr" else f"{catalog[head]}: {detail}"
+    found = _lookup(head, catalog) if sep else None
+    if found is not None:
+        return f"{found} : {detail}" if language == "fr" else f"{found}: {detail}"
     return reason

@@ -267,4 +267,44 @@ FR: dict[str, str] = {
     "name, outlet, address": "nom, média, adresse",
     "now": "maintenant",
     "row %(row)s": "ligne %(row)s",
+    # ---- language variants, schedule limits, uploads ----------------------------------
+    "Do not start after (optional)": "Ne pas commencer après (facultatif)",
+    "Do not start after": "Ne pas commencer après",
+    "If sending has not started by then, the blast does not start (%(zone)s, %(offset)s).":
+        "Si l’envoi n’a pas commencé à cette heure-là, il n’aura pas lieu (%(zone)s, %(offset)s).",
+    "Messages not sent by then are not sent at all (%(zone)s, %(offset)s).":
+        "Les messages pas encore partis à cette heure-là ne partiront pas (%(zone)s, %(offset)s).",
+    "Send this release now to %(count)s recipients? This cannot be undone.":
+        "Envoyer ce communiqué maintenant à %(count)s destinataires ? C’est irréversible.",
+    "Or paste the translated release (Markdown)": "Ou collez le communiqué traduit (Markdown)",
+    "Each contact receives the variant in their language, or this one.":
+        "Chaque contact reçoit la version dans sa langue, sinon celle-ci.",
+    "No other language yet.": "Pas encore d’autre langue.",
+    "Create a variant in another language": "Créer une version dans une autre langue",
+    "Create the variant": "Créer la version",
+    "Choose a Markdown file or paste the text.": "Choisissez un fichier Markdown ou collez le texte.",
+    "Variant in %(code)s created. Check it, then preview it.":
+        "Version en %(code)s créée. Vérifiez-la, puis prévisualisez-la.",
+    "Attachment %(file)s added.": "Pièce jointe %(file)s ajoutée.",
+    "File too large": "Fichier trop volumineux",
+    "The file is larger than %(size)s. Choose a smaller file.":
+        "Le fichier dépasse %(size)s. Choisissez un fichier plus petit.",
+    "%(count)s MB": "%(count)s Mo", "%(count)s KB": "%(count)s Ko",
+    "this release already has a variant in this language": "ce communiqué a déjà une version dans cette langue",
+    "only PDF and images (PNG, JPEG, GIF, WebP) can be attached":
+        "seuls les PDF et les images (PNG, JPEG, GIF, WebP) peuvent être joints",
+    "the content does not match its type": "le contenu ne correspond pas à son type",
+    "is larger than # bytes": "dépasse # octets",
+    # ---- warnings on the preview page (releases.validate_release, message_checks) -------
+    "the title is longer than # characters: mail clients will cut the subject":
+        "le titre dépasse # caractères : les messageries couperont l’objet",
+    "the release shows remote images: many mail clients block them":
+        "le communiqué affiche des images distantes : beaucoup de messageries les bloquent",
+    "attachments weigh # KB: consider linking to them instead":
+        "les pièces jointes pèsent # Ko : mettez plutôt un lien vers elles",
+    "List-Unsubscribe header missing": "en-tête List-Unsubscribe absent",
+    "no unsubscribe link in the message": "pas de lien de désinscription dans le message",
+    "inline image of # KB": "image intégrée de # Ko",
+    "image # px wide": "image de # px de large",
+    "(empty)": "(vide)",
 }

@@ -18,7 +18,7 @@ WIDE_IMAGE_PIXELS = 1200
 class Check:
     ok: bool
     message: str  # English source; the page translates it
-    detail: str = ""
+    detail: str = ""  # English, '; ' between items; each item's head before ': ' is translated
 
 
 class _Links(HTMLParser):
@@ -41,8 +41,10 @@ def check_message(message: RenderedMessage) -> list[Check]:
     checks = [Check(bool((message.text or "").strip()), "text part present")]
     headers = {k.lower(): v for k, v in message.headers.items()}
     has_link = any("/u/" in href for href in parser.links) or "/u/" in (message.text or "")
-    checks.append(Check("list-unsubscribe" in headers and has_link, "unsubscribe link present",
-                        "" if "list-unsubscribe" in headers else "List-Unsubscribe header missing"))
+    missing = [] if "list-unsubscribe" in headers else ["List-Unsubscribe header missing"]
+    if not has_link:
+        missing.append("no unsubscribe link in the message")
+    checks.append(Check(not missing, "unsubscribe link present", "; ".join(missing)))
     huge = []
     for image in parser.images:
         src = image.get("src", "")
@@ -50,7 +52,7 @@ def check_message(message: RenderedMessage) -> list[Check]:
             huge.append(f"inline image of {len(src) * 3 // 4 // 1024} KB")
         width = re.match(r"\d+", image.get("width", "") or "")
         if width and int(width.group()) > WIDE_IMAGE_PIXELS:
-            huge.append(f"{src[:80]} ({width.group()} px wide)")
+            huge.append(f"image {width.group()} px wide: {src[:80]}")
     checks.append(Check(not huge, "images are a reasonable size", "; ".join(huge)))
     broken = [href or "(empty)" for href in parser.links if not _is_valid_link(href)]
     checks.append(Check(not broken, "links are valid", ", ".join(broken[:10])))

@@ -66,7 +66,7 @@ def _template_globals() -> dict[str, Any]:
         "can_send": bool(user and auth.can_send(user, settings)),
         "can_approve": bool(user and auth.can_approve(user)),
         "is_admin": bool(user and auth.is_admin(user)),
-        "action_form": ActionForm(),
+        "action_form": ActionForm(formdata=None),  # only renders its token; never reads the body
         "office_zone": settings.timezone,
     }
 
@@ -129,6 +129,16 @@ def _conflict(error: Conflict) -> Response | tuple[str, int]:
     if target and _is_local(target):
         return redirect(target, code=303)
     return render_template("error.html", title=_("Not possible now"), message=str(error)), 409
+
+
+@bp.errorhandler(413)
+def _too_large(_error: Exception) -> tuple[str, int]:
+    limit = current_settings().upload_max_bytes
+    size = _("%(count)s MB", count=f"{limit / 1048576:g}") if limit >= 1048576 \
+        else _("%(count)s KB", count=f"{limit / 1024:g}")
+    return render_template("error.html", title=_("File too large"),
+                           message=_("The file is larger than %(size)s. Choose a smaller file.",
+                                     size=size)), 413
 
 
 @bp.errorhandler(403)

@@ -16,7 +16,7 @@ from .auth import current_user, login_required
 from .db import utcnow
 from .db_app import current_settings, db_session
 from .forms import ScheduleForm, options
-from .i18n import _, current_zone, utc_offset
+from .i18n import _, current_zone, format_time, utc_offset
 from .models import BlastStatus, MediaType, MessageStatus, User
 from .web import bp, remember_form, render_form
 
@@ -45,6 +45,15 @@ def _user() -> User:
     user = current_user()
     assert user is not None
     return user
+
+
+def _progress(blast_id: int) -> dict[str, Any]:
+    """The blast's progress with its ETA already written in the user's time zone and language."""
+    data: dict[str, Any] = _blasts().blast_progress(db_session(), blast_id, now=utcnow())
+    eta = datetime.fromisoformat(data["eta"]) if data.get("eta") else None
+    data["eta_label"] = format_time(eta) if eta else "—"
+    data["status_label"] = _("status:" + str(data["status"]))
+    return data
 
 
 @bp.route("/blasts")
@@ -107,16 +116,21 @@ def blast_new(release_id: int) -> ResponseReturnValue:
     if not form.send_now.data and send_at is None:
         form.send_at.errors = [_("Choose a date and time, or tick “Send now”.")]
         return render_form("blasts/new.html", form, **context), 400
-    stop_after = _local(form.stop_after.data)
+    start_before, stop_after = _local(form.start_before.data), _local(form.stop_after.data)
+    remember_form("blasts/new.html", form, **context)
+    _blasts().check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after,
+                                now=now)
     may_schedule = auth.can_send(user, settings)
     if form.confirmed.data != "yes":
         count = _blasts().count_audience(session, lists, filters)
         first = _blasts().preview_audience(session, lists, filters, limit=10)
         return render_form("blasts/confirm.html", form, count=count, first=first, send_at=send_at,
-                           stop_after=stop_after, lists=lists, may_schedule=may_schedule, **context)
+                           start_before=start_before, stop_after=stop_after, lists=lists,
+                           may_schedule=may_schedule, **context)
     remember_form("blasts/new.html", form, **context)
     blast = _blasts().create_blast(session, settings, release_id=release.id, list_names=lists,
-                                filters=filters, send_at=send_at, stop_after=stop_after,
+                                filters=filters, send_at=send_at, start_before=start_before,
+                                stop_after=stop_after,
                                 actor=user.email, actor_role=user.role, now=now,
                                 schedule=may_schedule)
     session.commit()
@@ -143,15 +157,13 @@ def blast_show(blast_id: int) -> ResponseReturnValue:
     return render_template("blasts/show.html", blast=blast, rows=rows[:PAGE_SIZE],
                            has_more=len(rows) > PAGE_SIZE, page=page, status=status,
                            statuses=list(MessageStatus),
-                           progress=_blasts().blast_progress(session, blast_id, now=utcnow()))
+                           progress=_progress(blast_id))
 
 
 @bp.route("/blasts/<int:blast_id>/progress.json")
 @login_required
 def blast_progress(blast_id: int) -> Response:
-    data = _blasts().blast_progress(db_session(), blast_id, now=utcnow())
-    data["status_label"] = _("status:" + str(data["status"]))
-    return jsonify(data)
+    return jsonify(_progress(blast_id))
 
 
 @bp.route("/blasts/<int:blast_id>/deliveries.csv")

@@ -14,8 +14,16 @@ from . import auth
 from .auth import current_user, login_required, role_required
 from .db import utcnow
 from .db_app import current_settings, db_session
-from .forms import AttachmentForm, MarkdownImportForm, ReleaseForm, TestSendForm
-from .i18n import _, current_zone
+from .errors import ValidationError
+from .forms import (
+    RELEASE_LANGUAGES,
+    AttachmentForm,
+    MarkdownImportForm,
+    ReleaseForm,
+    TestSendForm,
+    VariantForm,
+)
+from .i18n import _, current_zone, translate_reason
 from .message_checks import check_message
 from .models import Contact
 from .web import bp, remember_form, render_form
@@ -87,11 +95,8 @@ def release_import() -> ResponseReturnValue:
 def release_edit(release_id: int) -> ResponseReturnValue:
     releases = _releases()
     release = releases.get_release(db_session(), release_id)
-    form = ReleaseForm(obj=release)
-    if request.method == "GET" and release.embargo_until:
-        form.embargo_until.data = release.embargo_until.astimezone(current_zone()).replace(tzinfo=None)
-    context = {"release": release, "attachment_form": AttachmentForm(prefix="att"),
-               "variants": _variants(release), "online_url": _online_url(release)}
+    form = ReleaseForm(obj=release) if request.method == "POST" else _saved_form(release)
+    context = _edit_context(release)
     if request.method == "POST":
         user = current_user()
         if user is None or not auth.can_edit(user):
@@ -105,6 +110,34 @@ def release_edit(release_id: int) -> ResponseReturnValue:
             flash(_("Release saved."), "info")
             return redirect(url_for("web.release_edit", release_id=release_id), code=303)
     return render_form("releases/edit.html", form, **context)
+
+
+def _show_errors(form: Any, error: ValidationError, default: str) -> None:
+    """A domain refusal beside the field of this small form (the page holds several forms)."""
+    db_session().rollback()
+    for item in error.errors:
+        name = item.field if item.field in form else default
+        form[name].errors = [*form[name].errors, translate_reason(item.reason)]
+
+
+def _saved_form(release: Any) -> ReleaseForm:
+    """The editor filled from the stored release (not from the request: a variant or an
+    attachment POST re-renders the edit page)."""
+    form = ReleaseForm(formdata=None, obj=release)
+    if release.embargo_until:
+        form.embargo_until.data = release.embargo_until.astimezone(current_zone()).replace(tzinfo=None)
+    return form
+
+
+def _edit_context(release: Any, **forms: Any) -> dict[str, Any]:
+    variant_form = forms.get("variant_form") or VariantForm(prefix="var", formdata=None)
+    if not forms.get("variant_form"):
+        taken = {v.language for v in _releases().variants_of(db_session(), release)}
+        variant_form.language.data = next(
+            (code for code, _label in RELEASE_LANGUAGES if code not in taken), "en")
+    return {"release": release, "attachment_form": forms.get("attachment_form")
+            or AttachmentForm(prefix="att"), "variant_form": variant_form,
+            "variants": _variants(release), "online_url": _online_url(release)}
 
 
 def _online_url(release: Any) -> str | None:
@@ -135,17 +168,55 @@ def release_markdown_preview() -> ResponseReturnValue:
 @role_required(auth.can_edit)
 def release_attachment(release_id: int) -> ResponseReturnValue:
     releases = _releases()
+    release = releases.get_release(db_session(), release_id)
     form = AttachmentForm(prefix="att")
-    if form.validate_on_submit():
-        upload = form.file.data
+    if not form.validate_on_submit():
+        form.file.errors = [_("Choose a file to attach.")]
+        return render_form("releases/edit.html", _saved_form(release),
+                           **_edit_context(release, attachment_form=form)), 400
+    upload = form.file.data
+    try:
         releases.add_attachment(db_session(), current_settings(), release_id, filename=upload.filename,
                                 content_type=upload.mimetype or "application/octet-stream",
                                 data=upload.read(), now=utcnow())
-        db_session().commit()
-        flash(_("Attachment added."), "info")
-    else:
-        flash(_("Choose a file to attach."), "error")
+    except ValidationError as exc:  # every reason is about the chosen file: show it beside it
+        _show_errors(form, exc, "file")
+        return render_form("releases/edit.html", _saved_form(release),
+                           **_edit_context(release, attachment_form=form)), 400
+    db_session().commit()
+    flash(_("Attachment %(file)s added.", file=upload.filename), "info")
     return redirect(url_for("web.release_edit", release_id=release_id), code=303)
+
+
+@bp.route("/releases/<int:release_id>/variants", methods=["POST"])
+@role_required(auth.can_edit)
+def release_variant(release_id: int) -> ResponseReturnValue:
+    """A language variant from a Markdown file or pasted text, in the release's group."""
+    releases = _releases()
+    release = releases.get_release(db_session(), release_id)
+    form = VariantForm(prefix="var")
+    page = ("releases/edit.html", _saved_form(release))
+    if not form.validate_on_submit():
+        return render_form(*page, **_edit_context(release, variant_form=form)), 400
+    upload = form.file.data
+    text = upload.read().decode("utf-8-sig", errors="replace") if upload else ""
+    text = text.strip() or (form.body.data or "").strip()
+    if not text:
+        form.body.errors = [_("Choose a Markdown file or paste the text.")]
+        return render_form(*page, **_edit_context(release, variant_form=form)), 400
+    user = current_user()
+    assert user is not None
+    try:
+        variant = releases.create_release(db_session(), current_settings(), body=text,
+                                          body_format="markdown", language=form.language.data,
+                                          variant_of=release.id, actor=user.email, now=utcnow())
+    except ValidationError as exc:
+        _show_errors(form, exc, "body")
+        return render_form(*page, **_edit_context(release, variant_form=form)), 400
+    db_session().commit()
+    flash(_("Variant in %(code)s created. Check it, then preview it.",
+            code=variant.language), "info")
+    return redirect(url_for("web.release_edit", release_id=variant.id), code=303)
 
 
 # ---- preview and test send --------------------------------------------------------

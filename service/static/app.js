@@ -74,7 +74,7 @@
             box.querySelectorAll("[data-field=rate]").forEach(function (el) { el.textContent = data.rate; });
             box.querySelectorAll("[data-field=recipients]").forEach(function (el) { el.textContent = data.recipients; });
             box.querySelectorAll("[data-field=eta]").forEach(function (el) {
-              el.textContent = data.eta ? new Date(data.eta).toLocaleTimeString() : "—";
+              el.textContent = data.eta_label || "—";
             });
             box.querySelectorAll("[data-field=status]").forEach(function (el) {
               el.textContent = data.status_label; el.className = "badge badge-" + data.status;
