@@ -8,14 +8,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, json, request
-from werkzeug.exceptions import HTTPException
 
 from .apikeys import verify_api_key
 from .db import utcnow
 from .db_app import db_session
-from .errors import CommuniqueError
 from .openapi import Registry
-from .problems import problem, problem_from_error
+from .problems import answer_errors_as_problems, problem
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +77,7 @@ def _authenticate() -> Response | None:
     return None
 
 
-@bp.errorhandler(CommuniqueError)
-def _domain_error(exc: CommuniqueError) -> Response:
-    db_session().rollback()
-    return problem_from_error(exc)
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    return problem(exc.code or 500, exc.description)
+answer_errors_as_problems(bp)
 
 
 def actor() -> str:

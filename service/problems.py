@@ -5,7 +5,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from flask import Response, json
+from flask import Blueprint, Response, json
+from werkzeug.exceptions import HTTPException
 
 from .errors import CommuniqueError, Conflict, FieldError, NotFound, ValidationError, WebhookRejected
 
@@ -56,3 +57,18 @@ def problem_from_error(exc: CommuniqueError) -> Response:
 
 def _describe(error: FieldError) -> str:
     return f"{error.field}: {error.reason}" if error.field else error.reason
+
+
+def answer_errors_as_problems(bp: Blueprint) -> None:
+    """One translation of errors for a JSON blueprint: our errors and HTTP errors become problem
+    documents, and the request's session is rolled back so nothing half-written is committed."""
+    from .db_app import db_session
+
+    @bp.errorhandler(CommuniqueError)
+    def _domain_error(exc: CommuniqueError) -> Response:
+        db_session().rollback()
+        return problem_from_error(exc)
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return problem(exc.code or 500, exc.description)

@@ -15,16 +15,15 @@ from flask import Blueprint, Flask, Response, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from werkzeug.exceptions import HTTPException
 
 from .cms_events import apply_cms_event, validate_payload
 from .config import Settings
 from .db import utcnow
 from .db_app import current_settings, db_session
-from .errors import CommuniqueError, ValidationError, WebhookRejected
+from .errors import ValidationError, WebhookRejected
 from .models import WebhookDelivery
 from .ops import count_webhook
-from .problems import problem, problem_from_error
+from .problems import answer_errors_as_problems, problem
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +57,7 @@ def _count(response: Response) -> Response:
     return response
 
 
-@bp.errorhandler(CommuniqueError)
-def _domain_error(exc: CommuniqueError) -> Response:
-    db_session().rollback()
-    return problem_from_error(exc)
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    return problem(exc.code or 500, exc.description)
+answer_errors_as_problems(bp)
 
 
 @bp.post("/webhooks/cms")
