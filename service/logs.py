@@ -120,7 +120,7 @@ def secret_values(settings: Settings) -> tuple[str, ...]:
 
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
     """Install our one handler on the root logger (replacing a previous one of ours)."""
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter(secret_values(settings)))
     root = logging.getLogger()

@@ -43,7 +43,7 @@ def check_database(engine: Engine) -> str | None:
     try:
         revision = current_revision(engine)
     except SQLAlchemyError as exc:
-        return f"unreachable ({type(exc.orig or exc).__name__})"
+        return f"unreachable ({type(getattr(exc, 'orig', None) or exc).__name__})"
     head = head_revision()
     if revision != head:
         return f"schema at revision {revision or 'none'}, expected {head} (run `communique init`)"
