@@ -38,6 +38,7 @@ class Settings:
     smtp_tls: str = "none"
     smtp_username: str = ""
     smtp_password: str = field(default="", repr=False)
+    smtp_ca_file: str = ""  # CA bundle to trust for a relay with a private certificate
     smtp_timeout_seconds: float = 30.0
     smtp_connections: int = 8
     smtp_messages_per_connection: int = 1000
@@ -134,6 +135,8 @@ class Settings:
             fail("smtp_port", f"{self.smtp_port} is not a TCP port")
         if self.smtp_tls not in SMTP_TLS_MODES:
             fail("smtp_tls", f"must be one of {', '.join(SMTP_TLS_MODES)}")
+        if self.smtp_ca_file and not Path(self.smtp_ca_file).is_file():
+            fail("smtp_ca_file", f"{self.smtp_ca_file} is not a readable file")
         if self.smtp_password and not self.smtp_username:
             fail("smtp_username", "is required when COMMUNIQUE_SMTP_PASSWORD is set")
         for name in ("smtp_connections", "batch_size", "lease_seconds", "retry_base_seconds",
