@@ -293,7 +293,6 @@ FR: dict[str, str] = {
     "this release already has a variant in this language": "ce communiqué a déjà une version dans cette langue",
     "only PDF and images (PNG, JPEG, GIF, WebP) can be attached":
         "seuls les PDF et les images (PNG, JPEG, GIF, WebP) peuvent être joints",
-    "the content does not match its type": "le contenu ne correspond pas à son type",
     "is larger than # bytes": "dépasse # octets",
     # ---- warnings on the preview page (releases.validate_release, message_checks) -------
     "the title is longer than # characters: mail clients will cut the subject":

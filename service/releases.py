@@ -140,7 +140,7 @@ def add_attachment(session: Session, settings: Settings, release_id: int, *, fil
                                          "WebP) can be attached", value=content_type))
     if not data.startswith(ATTACHMENT_TYPES[content_type]) or (
             content_type == "image/webp" and data[8:12] != b"WEBP"):
-        raise ValidationError(FieldError("file", f"the content does not match its type: {content_type}"))
+        raise ValidationError(FieldError("file", f"the content is not a {content_type} file"))
     if len(data) > settings.attachment_max_bytes:
         raise ValidationError(FieldError("file", f"is larger than {settings.attachment_max_bytes} "
                                          "bytes"))

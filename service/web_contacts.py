@@ -67,8 +67,9 @@ def contact_new() -> ResponseReturnValue:
 @login_required
 def contact_edit(contact_id: int) -> ResponseReturnValue:
     contact = contacts.get_contact(db_session(), contact_id)
-    form = ContactForm(obj=contact, data=None if request.method == "POST"
-                       else {"tags": ", ".join(contact.tag_list)})
+    form = ContactForm(obj=contact)
+    if request.method == "GET":  # the column stores ",a,b,"; people read "a, b"
+        form.tags.data = ", ".join(contact.tag_list)
     form.media_type.choices = _media_choices()
     if request.method == "POST":
         user = current_user()

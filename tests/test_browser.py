@@ -210,12 +210,40 @@ def test_press_officer_day_in_the_browser(live: Live, browser: Any, db: Session,
     page.goto(f"{live.url}/contacts/{contact.id}")
     assert "désinscrit" in page.locator("h1").inner_text()
 
-    # The blast page at 360 px wide.
+    # Deleting a contact asks first; dismissing the dialog keeps the contact.
+    dialogs: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.get_by_role("button", name="Supprimer ce contact").click()
+    page.wait_for_timeout(200)
+    assert dialogs == ["Supprimer ce contact ? C’est définitif."], dialogs
+    assert db.get(Contact, contact.id) is not None
+    db.rollback()
+
+    # Every page at 360 px wide: no sideways scrolling; a screenshot of each.
     mobile = context.new_page()
     mobile.set_viewport_size({"width": 360, "height": 780})
-    mobile.goto(f"{live.url}/blasts/{blast.id}")
-    _shot(mobile, artifacts, "12-blast-mobile")
-    width = mobile.evaluate("document.documentElement.scrollWidth")
-    assert width <= 360, f"the page scrolls sideways at 360 px ({width} px)"
+    release_id = blast.release_id
+    for name, path in (("dashboard", "/"), ("contacts", "/contacts"), ("contact", f"/contacts/{contact.id}"),
+                       ("import", "/contacts/import"), ("releases", "/releases"),
+                       ("release", f"/releases/{release_id}"), ("preview", f"/releases/{release_id}/preview"),
+                       ("schedule", f"/releases/{release_id}/schedule"), ("blasts", "/blasts"),
+                       ("blast", f"/blasts/{blast.id}")):
+        mobile.goto(f"{live.url}{path}")
+        _shot(mobile, artifacts, f"12-mobile-{name}")
+        width = mobile.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360, f"{path} scrolls sideways at 360 px ({width} px)"
+    # Chromium paints an iframe only once it is scrolled into view: shoot the email at 360 px there.
+    mobile.goto(f"{live.url}/releases/{release_id}/preview")
+    mobile.locator(".frame-mobile iframe").scroll_into_view_if_needed()
+    mobile.screenshot(path=str(artifacts / "browser-12-mobile-preview-email.png"))
+    mobile.keyboard.press("Tab")  # the skip link, then the first field: focus must be visible
+    mobile.keyboard.press("Tab")
+    outline = mobile.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none", outline
     assert not errors, errors
     context.close()

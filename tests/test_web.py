@@ -124,13 +124,16 @@ def test_edit_contact_shows_the_error_beside_the_field_then_saves(client: FlaskC
     """A bad address on the contact form is refused beside the email field (linked for screen
     readers); a corrected form is saved."""
     make_user(db, "chef@example.org")
-    import_contacts(db, CSV.encode(), list_name="presse", now=utcnow())
+    tagged = ("email;prénom;nom;langue;étiquettes\n"
+              "h.benjelloun@atlas.example;Hélène;Benjelloun;fr;économie, tourisme\n")
+    import_contacts(db, tagged.encode(), list_name="presse", now=utcnow())
     db.commit()
     contact = db.scalars(select(Contact)).one()
     contact_id = contact.id
     db.rollback()
     sign_in(client, "chef@example.org")
     path = f"/contacts/{contact_id}"
+    assert 'name="tags" type="text" value="économie, tourisme"' in client.get(path).get_data(as_text=True)
     form = {"email": "pas-une-adresse", "first_name": "Hélène", "last_name": "Benjelloun",
             "language": "fr", "country": "MA", "media_type": "", "csrf_token": csrf_token(client, path)}
     response = client.post(path, data=form)
