@@ -38,6 +38,7 @@ class Result:
     worker_seconds: float  # first worker start to last worker exit
     peak_rss_mb: float  # the largest worker's peak resident set
     sent: int
+    cpu_seconds: float = 0.0  # user + system time of all workers
 
     @property
     def seconds(self) -> float:
@@ -119,14 +120,15 @@ def _count_sent(database_url: str) -> int:
         engine.dispose()
 
 
-def _run_workers(env: dict[str, str], cwd: Path, processes: int, timeout: float) -> tuple[float, float]:
-    """Start `processes` x `communique worker --until-idle`; seconds until the last exits, and the
-    largest peak RSS (os.wait4 gives each child's own ru_maxrss)."""
+def _run_workers(env: dict[str, str], cwd: Path, processes: int,
+                 timeout: float) -> tuple[float, float, float]:
+    """Start `processes` x `communique worker --until-idle`; seconds until the last exits, the
+    largest peak RSS (os.wait4 gives each child's own ru_maxrss) and their CPU seconds."""
     started = time.perf_counter()
     children = [subprocess.Popen([COMMUNIQUE, "worker", "--until-idle"], env=env, cwd=cwd,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 for _ in range(processes)]
-    peak_kb, failures = 0, []
+    peak_kb, cpu, failures = 0, 0.0, []
     deadline = time.monotonic() + timeout
     try:
         for child in children:
@@ -135,6 +137,7 @@ def _run_workers(env: dict[str, str], cwd: Path, processes: int, timeout: float)
                 if pid:
                     child.returncode = os.waitstatus_to_exitcode(status)
                     peak_kb = max(peak_kb, usage.ru_maxrss)
+                    cpu += usage.ru_utime + usage.ru_stime
                     if child.returncode != 0:
                         failures.append((child.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
                                          .strip().splitlines() or ["?"])[-1][:160])
@@ -151,11 +154,12 @@ def _run_workers(env: dict[str, str], cwd: Path, processes: int, timeout: float)
                 child.stderr.close()
     if failures:
         raise NotAvailable(f"`communique worker --until-idle`: {failures[0]}")
-    return time.perf_counter() - started, peak_kb / 1024
+    return time.perf_counter() - started, peak_kb / 1024, cpu
 
 
-def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
-           timeout: float) -> Result:
+def prepare_blast(database_url: str, folder: Path, port: int, count: int) -> tuple[dict[str, str], float]:
+    """A fresh database with `count` contacts and a running blast to all of them; returns the
+    worker's environment and the seconds `blasts create` took."""
     env = _environ(database_url, folder, port)
     _cli(["init"], env, folder)
     csv_path = folder / "contacts.csv"
@@ -168,11 +172,17 @@ def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
     create_seconds = time.perf_counter() - started
     if created.get("recipients") not in (None, count):
         raise NotAvailable(f"blast has {created.get('recipients')} recipients, expected {count}")
-    worker_seconds, peak = _run_workers(env, folder, workers, timeout)
+    return env, create_seconds
+
+
+def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
+           timeout: float) -> Result:
+    env, create_seconds = prepare_blast(database_url, folder, port, count)
+    worker_seconds, peak, cpu = _run_workers(env, folder, workers, timeout)
     sent = _count_sent(database_url)
     if sent != count:
         raise NotAvailable(f"worker exited with {sent} of {count} messages sent")
-    return Result(count, create_seconds, worker_seconds, peak, sent)
+    return Result(count, create_seconds, worker_seconds, peak, sent, cpu)
 
 
 def sqlite_blast(port: int, count: int, timeout: float = 300) -> Result:

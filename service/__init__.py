@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from .config import Settings
+
+if TYPE_CHECKING:  # flask is imported by create_app only: CLI commands and the worker start faster
+    from flask import Flask
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application factory (also the gunicorn entry point: `service:create_app()`)."""
+    from flask import Flask
+
     from . import api, db_app, logs, ops, public, web, webhook
 
     settings = settings or Settings.from_env()

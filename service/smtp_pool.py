@@ -3,6 +3,7 @@ error into a value: sent, deferred (temporary), failed or bounced (permanent).""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
+from aiosmtplib import protocol as aiosmtplib_protocol
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import SMTPStatus
 
 from .config import Settings
 from .models import DeliveryOutcome
@@ -68,7 +72,8 @@ class SmtpConnection:
             hostname=s.smtp_host, port=s.smtp_port, timeout=s.smtp_timeout_seconds,
             use_tls=s.smtp_tls == "implicit",
             start_tls=True if s.smtp_tls == "starttls" else False,
-            username=s.smtp_username or None, password=s.smtp_password or None)
+            username=s.smtp_username or None, password=s.smtp_password or None,
+            cert_bundle=s.smtp_ca_file or None)
 
     async def connect(self) -> None:
         await self.close()
@@ -117,11 +122,17 @@ class SmtpConnection:
         if client.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
         try:
-            await client.mail(envelope_from, options=options, encoding=encoding)
-            await client.rcpt(address, encoding=encoding)
-            if before_data is not None:
-                await before_data
-            response = await client.data(data)
+            if (encoding == "ascii" and client.supports_extension("pipelining")
+                    and isinstance(client.protocol, PipeliningProtocol)
+                    and _SIMPLE_ADDRESS.match(envelope_from) and _SIMPLE_ADDRESS.match(address)):
+                response = await self._send_pipelined(client.protocol, envelope_from, address,
+                                                      options, data, before_data)
+            else:
+                await client.mail(envelope_from, options=options, encoding=encoding)
+                await client.rcpt(address, encoding=encoding)
+                if before_data is not None:
+                    await before_data
+                response = await client.data(data)
             return SendResult(DeliveryOutcome.sent, response.code, response.message[:1000])
         except aiosmtplib.SMTPResponseException as exc:  # MAIL, RCPT or DATA refused
             result = classify_reply(exc.code, exc.message, type(exc).__name__)
@@ -134,6 +145,46 @@ class SmtpConnection:
         else:
             await self._reset()
         return result
+
+    async def _send_pipelined(self, protocol: PipeliningProtocol, envelope_from: str, address: str,
+                              options: list[str], data: bytes,
+                              before_data: Awaitable[Any] | None) -> SMTPResponse:
+        """RFC 2920: MAIL, RCPT and DATA in one write, their replies read in order; the content
+        goes only after 354, and only once `before_data` is done. Raises aiosmtplib's own
+        exceptions (same types, codes and replies as the one-command-at-a-time path)."""
+        timeout = self.settings.smtp_timeout_seconds
+        command = b"".join((b"MAIL FROM:<", envelope_from.encode("ascii"), b">",
+                            *(b" " + option.encode("ascii") for option in options),
+                            b"\r\nRCPT TO:<", address.encode("ascii"), b">\r\nDATA\r\n"))
+        lock = protocol._command_lock
+        if lock is None:
+            raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+        async with lock:
+            replies, error = await protocol.exchange(command, 3, timeout)
+            mail, rcpt, start = replies + [None] * (3 - len(replies))
+            if error is not None or (mail is not None and rcpt is not None and start is not None
+                                     and start.code == SMTPStatus.start_input
+                                     and (mail.code != SMTPStatus.completed or rcpt.code not in _RCPT_OK)):
+                # Out of step (a reply is missing, or the server wants content for a refused
+                # envelope): this connection cannot go on. A refusal read before still counts.
+                await self.close()
+            if mail is not None and mail.code != SMTPStatus.completed:
+                raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, envelope_from)
+            if rcpt is not None and rcpt.code not in _RCPT_OK:
+                raise aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, address)
+            if error is not None:
+                raise error
+            assert start is not None
+            if start.code != SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            if before_data is not None:
+                await before_data
+            content = aiosmtplib_protocol.PERIOD_REGEX.sub(
+                b"..", aiosmtplib_protocol.normalize_message_line_endings(data))
+            (response,), _ = await protocol.exchange(content + b".\r\n", 1, timeout)  # raises if no reply
+        if response.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def _reset(self) -> None:
         """RSET after a refused transaction, so the connection can go on; replace it if that fails."""
@@ -159,6 +210,95 @@ async def send_each(settings: Settings, envelope_from: str,
     finally:
         await connection.close(polite=True)
     return results
+
+
+# ---- pipelining (RFC 2920) --------------------------------------------------------------------
+# aiosmtplib writes one command and waits for its reply: four round trips per message. Its protocol
+# also drops bytes that arrive while a parsed reply waits to be picked up, so replies to commands
+# written together could be lost. PipeliningProtocol keeps every byte while a pipelined exchange
+# is under way and otherwise is aiosmtplib's protocol unchanged; aiosmtplib still does connect,
+# EHLO, STARTTLS, AUTH, RSET, QUIT and every send that is not a plain ASCII one.
+
+_RCPT_OK = (SMTPStatus.completed, SMTPStatus.will_forward)
+# A dot-atom address: aiosmtplib's quote_address gives exactly "<address>" for it. Anything else
+# (quoted local parts, display names, non-ASCII) takes aiosmtplib's own path.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
+
+
+class PipeliningProtocol(aiosmtplib_protocol.SMTPProtocol):
+    """aiosmtplib's protocol, plus `exchange`: write commands together, read their replies."""
+
+    _pipelining = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._pipelining:
+            super().data_received(data)
+            return
+        waiter = self._response_waiter
+        if waiter is None:
+            return
+        self._buffer.extend(data)
+        if not waiter.done() and b"\n" in data:
+            waiter.set_result(None)  # type: ignore[arg-type]  # only a wake-up: exchange parses
+
+    async def exchange(self, data: bytes, count: int, timeout: float | None
+                       ) -> tuple[list[SMTPResponse], aiosmtplib.SMTPException | None]:
+        """Write `data`, then read `count` replies in order. A lost connection or a timeout ends
+        the reading: the replies read so far are returned with that error (with no reply at
+        all, the error is raised)."""
+        if self.transport is None or self._response_waiter is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        if self._buffer:  # bytes nobody asked for: the conversation is out of step
+            raise aiosmtplib.SMTPResponseException(SMTPStatus.invalid_response, "Unexpected reply")
+        replies: list[SMTPResponse] = []
+        self._pipelining = self._response_pending = True
+        try:
+            if self._response_waiter.done():
+                self._response_waiter = self._loop.create_future()
+            self.write(data)
+            while len(replies) < count:
+                try:
+                    replies.append(await self._next_reply(timeout))
+                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
+                    if not replies:
+                        raise
+                    return replies, exc
+        finally:
+            self._pipelining = self._response_pending = False
+            if self.transport is not None and (self._response_waiter is None
+                                               or self._response_waiter.done()):
+                self._response_waiter = self._loop.create_future()
+        return replies, None
+
+    async def _next_reply(self, timeout: float | None) -> SMTPResponse:
+        while True:
+            if len(self._buffer) > aiosmtplib_protocol.MAX_RESPONSE_LENGTH:
+                raise aiosmtplib.SMTPResponseException(SMTPStatus.invalid_response, "Response too long")
+            reply = self._read_response_from_buffer()
+            if reply is not None:
+                return reply
+            waiter = self._response_waiter
+            if waiter is None or self.transport is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            if waiter.done():
+                waiter.result()  # raises when the connection was lost or the server closed it
+                waiter = self._response_waiter = self._loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except TimeoutError as exc:
+                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+
+
+def _install_pipelining() -> None:
+    """aiosmtplib builds its protocol by this name at connect time; the subclass is a drop-in."""
+    from aiosmtplib import smtp
+
+    if smtp.SMTPProtocol is aiosmtplib_protocol.SMTPProtocol:
+        smtp.SMTPProtocol = PipeliningProtocol  # type: ignore[misc]
+
+
+_install_pipelining()
 
 
 # ---- aiosmtplib fast paths --------------------------------------------------------------------

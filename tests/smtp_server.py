@@ -43,6 +43,8 @@ class RecordingHandler:
         self.faults: dict[str, Fault] = {}
         self.delay_seconds = 0.0
         self.connections = 0
+        self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
+        self.pipelined_count = 0  # RCPTs that arrived with the DATA command already written behind
         self.lock = threading.Lock()
 
     def fail(self, address: str, code: int, reply: str, times: int | None = None,
@@ -65,10 +67,16 @@ class RecordingHandler:
         session.host_name = hostname
         with self.lock:
             self.connections += 1
+        if self.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        waiting = getattr(getattr(server, "_reader", None), "_buffer", b"")
+        if bytes(waiting).upper().startswith(b"DATA\r\n"):
+            with self.lock:
+                self.pipelined_count += 1
         fault = self._take_fault(address, "rcpt")
         if fault is not None:
             return f"{fault.code} {fault.reply}"

@@ -1,0 +1,52 @@
+"""Quick side-by-side check while tuning: the bare aiosmtplib loop and one Communiqué worker,
+interleaved, same sink, same N; prints each pair and the ratio (this machine drifts, ratios less).
+
+    .venv/bin/python bench/ab.py --n 10000 --pairs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import endtoend  # noqa: E402
+import peers  # noqa: E402
+import sinks  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--postgres-url", default="")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    with sinks.running_sink() as sink:
+        for _ in range(args.pairs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ceiling = args.n / peers.ceiling(sink.port, args.n, 16, 300)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            ceiling_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            if args.postgres_url:
+                result = endtoend.postgres_blast(args.postgres_url, sink.port, args.n, args.workers, 300)
+            else:
+                result = endtoend.sqlite_blast(sink.port, args.n, 300)
+            worker = result.messages / result.worker_seconds
+            total = result.messages / result.seconds
+            print(f"ceiling {ceiling:,.0f}/s  worker alone {worker:,.0f}/s ({worker / ceiling:.2f}x)  "
+                  f"end to end {total:,.0f}/s ({total / ceiling:.2f}x)  create {result.create_seconds:.2f}s  "
+                  f"rss {result.peak_rss_mb:.0f} MB  load {os.getloadavg()[0]:.1f}  CPU µs/msg: ceiling "
+                  f"{ceiling_cpu / args.n * 1e6:.0f}, worker {result.cpu_seconds / args.n * 1e6:.0f}",
+                  flush=True)
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()

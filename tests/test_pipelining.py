@@ -1,0 +1,136 @@
+"""SMTP pipelining (RFC 2920): against a server that advertises PIPELINING, MAIL, RCPT and DATA go
+out in one write; every delivery fault test and the crash tests hold on that path too."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+from aiosmtplib.email import quote_address
+from smtp_server import SmtpServer, start_smtp_server
+from test_delivery import ledger, row, start
+from test_delivery import (
+    test_connection_dropped_during_data_is_deferred_then_sent as test_connection_dropped_during_data_is_deferred_then_sent,  # noqa: E501
+)
+from test_delivery import (
+    test_every_recipient_gets_one_message_over_reused_connections as test_every_recipient_gets_one_message_over_reused_connections,  # noqa: E501
+)
+from test_delivery import (
+    test_permanent_refusal_fails_and_no_such_user_bounces_the_contact as test_permanent_refusal_fails_and_no_such_user_bounces_the_contact,  # noqa: E501
+)
+from test_delivery import (
+    test_slow_server_times_out_then_succeeds as test_slow_server_times_out_then_succeeds,
+)
+from test_delivery import (
+    test_temporary_replies_are_retried_until_accepted as test_temporary_replies_are_retried_until_accepted,  # noqa: E501
+)
+from test_delivery import (
+    test_test_send_goes_outside_the_ledger_with_a_marked_subject as test_test_send_goes_outside_the_ledger_with_a_marked_subject,  # noqa: E501
+)
+from test_worker_crash import (
+    test_sigkill_mid_blast_loses_nothing_and_duplicates_at_most_one_per_connection as test_sigkill_mid_blast_loses_nothing_and_duplicates_at_most_one_per_connection,  # noqa: E501
+)
+from test_worker_crash import (
+    test_sigterm_drains_in_flight_sends_and_exits_cleanly as test_sigterm_drains_in_flight_sends_and_exits_cleanly,  # noqa: E501
+)
+
+from service.delivery import run_worker
+from service.models import MessageStatus
+from service.smtp_pool import _SIMPLE_ADDRESS, SmtpConnection
+
+IMPORTED = [  # collected here again, with the pipelining server below
+    test_connection_dropped_during_data_is_deferred_then_sent,
+    test_every_recipient_gets_one_message_over_reused_connections,
+    test_permanent_refusal_fails_and_no_such_user_bounces_the_contact,
+    test_slow_server_times_out_then_succeeds,
+    test_temporary_replies_are_retried_until_accepted,
+    test_test_send_goes_outside_the_ledger_with_a_marked_subject,
+    test_sigkill_mid_blast_loses_nothing_and_duplicates_at_most_one_per_connection,
+    test_sigterm_drains_in_flight_sends_and_exits_cleanly,
+]
+
+
+@pytest.fixture
+def smtpd() -> Iterator[SmtpServer]:
+    """The recording server, advertising PIPELINING."""
+    server = start_smtp_server()
+    server.handler.pipelining = True
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _messages_went_pipelined(smtpd: SmtpServer) -> Iterator[None]:
+    """After each test here: every message the server accepted came over the pipelined path."""
+    yield
+    if smtpd.handler.pipelining:
+        assert smtpd.handler.pipelined_count >= len(smtpd.messages)
+
+
+def test_pipelining_server_gets_mail_rcpt_and_data_together(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """Every RCPT arrives with DATA already written behind it, and each message arrives once with
+    its ledger Message-ID."""
+    settings = dataclasses.replace(smtp_settings, smtp_connections=3, batch_size=5)
+    blast = start(db, settings, 20)
+    worker = run_worker(settings, until_idle=True, include_due=False)
+    assert worker.sent_count == 20 and ledger(db, blast.id)["sent"] == 20
+    assert smtpd.handler.pipelined_count == 20
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 20
+    message = smtpd.handler.received_by("j3@example.net")[0].message()
+    assert message["Message-ID"] == row(db, "j3@example.net").message_id
+    assert message.get_body(("plain",)) is not None and message.get_body(("html",)) is not None
+
+
+def test_server_without_pipelining_gets_one_command_at_a_time(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A server that does not advertise PIPELINING never sees a command written ahead of its reply."""
+    smtpd.handler.pipelining = False
+    blast = start(db, smtp_settings, 5)
+    run_worker(smtp_settings, until_idle=True, include_due=False)
+    assert ledger(db, blast.id)["sent"] == 5 and smtpd.handler.pipelined_count == 0
+
+
+def test_refused_recipient_leaves_the_pipelined_connection_usable(smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A 550 at RCPT (DATA then refused by the server) and a 451 at DATA are reported with their
+    codes, and the same connection sends the next message."""
+    smtpd.handler.fail("gone@example.net", 550, "5.1.1 No such user")
+    smtpd.handler.fail("later@example.net", 451, "4.3.0 Try later", at="data")
+    data = b"Subject: x\r\n\r\n.leading dot\r\nbody\r\n"
+
+    async def scenario() -> list[tuple[str, int | None]]:
+        connection = SmtpConnection(smtp_settings)
+        try:
+            results = [await connection.send("presse@example.org", address, data)
+                       for address in ("ok1@example.net", "gone@example.net", "later@example.net",
+                                       "ok2@example.net")]
+        finally:
+            await connection.close(polite=True)
+        return [(str(r.outcome), r.smtp_code) for r in results]
+
+    assert asyncio.run(scenario()) == [("sent", 250), ("bounced", 550), ("deferred", 451),
+                                       ("sent", 250)]
+    assert smtpd.handler.connections == 1 and smtpd.handler.pipelined_count == 4
+    assert [m.rcpt_tos for m in smtpd.messages] == [["ok1@example.net"], ["ok2@example.net"]]
+    assert smtpd.messages[0].data.endswith(b".leading dot\r\nbody\r\n")  # dot-stuffed, unstuffed
+
+
+def test_simple_addresses_are_quoted_exactly_as_aiosmtplib_does() -> None:
+    """An address the pipelined path accepts is put on the wire as aiosmtplib would write it;
+    anything unusual is left to aiosmtplib."""
+    simple = ["a@b.c", "jean.dupont@redaction.example", "o'brien+press@x-y.example", "x_y=z@a1.b2"]
+    unusual = ["Name <a@b.c>", '"quoted"@b.c', "a b@c.d", "a..b@c.d", ".a@b.c", "a@b..c", "a@[127.0.0.1]",
+               "a@b.c\r\nRSET", "no-at-sign", "a@b.c>", "é@b.c"]
+    for address in simple:
+        assert _SIMPLE_ADDRESS.match(address) and quote_address(address) == f"<{address}>"
+    for address in unusual:
+        assert not _SIMPLE_ADDRESS.match(address), address
+
+
+def test_refused_rows_are_recorded_on_the_pipelined_path(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A worker over pipelining records a refusal per row and sends the others."""
+    smtpd.handler.fail("j2@example.net", 554, "5.7.1 Rejected")
+    blast = start(db, smtp_settings, 6)
+    run_worker(smtp_settings, until_idle=True, include_due=False)
+    assert row(db, "j2@example.net").status == MessageStatus.failed
+    assert ledger(db, blast.id)["sent"] == 5
