@@ -34,6 +34,7 @@ def main() -> None:
             ceiling = args.n / peers.ceiling(sink.port, args.n, 16, 300)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ceiling_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            ceiling_sys = after.ru_stime - before.ru_stime
             if args.postgres_url:
                 result = endtoend.postgres_blast(args.postgres_url, sink.port, args.n, args.workers, 300)
             else:
@@ -43,7 +44,8 @@ def main() -> None:
             print(f"ceiling {ceiling:,.0f}/s  worker alone {worker:,.0f}/s ({worker / ceiling:.2f}x)  "
                   f"end to end {total:,.0f}/s ({total / ceiling:.2f}x)  create {result.create_seconds:.2f}s  "
                   f"rss {result.peak_rss_mb:.0f} MB  load {os.getloadavg()[0]:.1f}  CPU µs/msg: ceiling "
-                  f"{ceiling_cpu / args.n * 1e6:.0f}, worker {result.cpu_seconds / args.n * 1e6:.0f}",
+                  f"{ceiling_cpu / args.n * 1e6:.0f} (sys {ceiling_sys / args.n * 1e6:.0f}), worker "
+                  f"{result.cpu_seconds / args.n * 1e6:.0f} (sys {result.sys_seconds / args.n * 1e6:.0f})",
                   flush=True)
             time.sleep(0.5)
 

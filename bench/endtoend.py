@@ -39,6 +39,7 @@ class Result:
     peak_rss_mb: float  # the largest worker's peak resident set
     sent: int
     cpu_seconds: float = 0.0  # user + system time of all workers
+    sys_seconds: float = 0.0  # of which system time
 
     @property
     def seconds(self) -> float:
@@ -121,14 +122,14 @@ def _count_sent(database_url: str) -> int:
 
 
 def _run_workers(env: dict[str, str], cwd: Path, processes: int,
-                 timeout: float) -> tuple[float, float, float]:
+                 timeout: float) -> tuple[float, float, float, float]:
     """Start `processes` x `communique worker --until-idle`; seconds until the last exits, the
-    largest peak RSS (os.wait4 gives each child's own ru_maxrss) and their CPU seconds."""
+    largest peak RSS (os.wait4 gives each child's own ru_maxrss), their CPU and system seconds."""
     started = time.perf_counter()
     children = [subprocess.Popen([COMMUNIQUE, "worker", "--until-idle"], env=env, cwd=cwd,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 for _ in range(processes)]
-    peak_kb, cpu, failures = 0, 0.0, []
+    peak_kb, cpu, system, failures = 0, 0.0, 0.0, []
     deadline = time.monotonic() + timeout
     try:
         for child in children:
@@ -138,6 +139,7 @@ def _run_workers(env: dict[str, str], cwd: Path, processes: int,
                     child.returncode = os.waitstatus_to_exitcode(status)
                     peak_kb = max(peak_kb, usage.ru_maxrss)
                     cpu += usage.ru_utime + usage.ru_stime
+                    system += usage.ru_stime
                     if child.returncode != 0:
                         failures.append((child.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
                                          .strip().splitlines() or ["?"])[-1][:160])
@@ -154,7 +156,7 @@ def _run_workers(env: dict[str, str], cwd: Path, processes: int,
                 child.stderr.close()
     if failures:
         raise NotAvailable(f"`communique worker --until-idle`: {failures[0]}")
-    return time.perf_counter() - started, peak_kb / 1024, cpu
+    return time.perf_counter() - started, peak_kb / 1024, cpu, system
 
 
 def prepare_blast(database_url: str, folder: Path, port: int, count: int) -> tuple[dict[str, str], float]:
@@ -178,11 +180,11 @@ def prepare_blast(database_url: str, folder: Path, port: int, count: int) -> tup
 def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
            timeout: float) -> Result:
     env, create_seconds = prepare_blast(database_url, folder, port, count)
-    worker_seconds, peak, cpu = _run_workers(env, folder, workers, timeout)
+    worker_seconds, peak, cpu, system = _run_workers(env, folder, workers, timeout)
     sent = _count_sent(database_url)
     if sent != count:
         raise NotAvailable(f"worker exited with {sent} of {count} messages sent")
-    return Result(count, create_seconds, worker_seconds, peak, sent, cpu)
+    return Result(count, create_seconds, worker_seconds, peak, sent, cpu, system)
 
 
 def sqlite_blast(port: int, count: int, timeout: float = 300) -> Result:

@@ -43,7 +43,7 @@ def main() -> None:
             env, create_seconds = endtoend.prepare_blast(database_url, Path(folder), sink.port, args.n)
             if args.profiler == "py-spy":  # samples every thread (claims and records run in two)
                 command = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads",
-                           "--rate", "200", "--format", "raw", "-o", args.output or "/tmp/worker.spy",
+                           "--rate", "200", "--gil", "--format", "raw", "-o", args.output or "/tmp/worker.spy",
                            "--", communique, "worker", "--until-idle"]
             elif args.profiler == "pyinstrument":
                 command = [str(Path(sys.executable).parent / "pyinstrument"), "-r", "text",

@@ -260,7 +260,8 @@ class QueuedMessage(Base):
     __table_args__ = (
         UniqueConstraint("blast_id", "contact_id"),
         Index("ix_queued_messages_due", "status", "next_attempt_at"),
-        Index("ix_queued_messages_blast_status", "blast_id", "status"),
+        # id last: the worker claims a blast's queued rows in id order straight from the index
+        Index("ix_queued_messages_blast_status", "blast_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),

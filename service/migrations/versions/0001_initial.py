@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-21 23:23:44.770065
+Create Date: 2026-11-22 00:25:06.622183
 """
 
 import sqlalchemy as sa
@@ -241,7 +241,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('blast_id', 'contact_id', name=op.f('uq_queued_messages_blast_id_contact_id'))
     )
     with op.batch_alter_table('queued_messages', schema=None) as batch_op:
-        batch_op.create_index('ix_queued_messages_blast_status', ['blast_id', 'status'], unique=False)
+        batch_op.create_index('ix_queued_messages_blast_status', ['blast_id', 'status', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_queued_messages_contact_id'), ['contact_id'], unique=False)
         batch_op.create_index('ix_queued_messages_due', ['status', 'next_attempt_at'], unique=False)
 
