@@ -27,18 +27,24 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--postgres-url", default="")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra worker setting, e.g. COMMUNIQUE_BATCH_SIZE=1000 (repeatable)")
+    parser.add_argument("--skip-ceiling", action="store_true")
     args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
     with sinks.running_sink() as sink:
         for _ in range(args.pairs):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            ceiling = args.n / peers.ceiling(sink.port, args.n, 16, 300)
+            ceiling = 1.0 if args.skip_ceiling else args.n / peers.ceiling(
+                sink.port, args.n, endtoend.CONNECTIONS, 300)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ceiling_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             ceiling_sys = after.ru_stime - before.ru_stime
             if args.postgres_url:
-                result = endtoend.postgres_blast(args.postgres_url, sink.port, args.n, args.workers, 300)
+                result = endtoend.postgres_blast(args.postgres_url, sink.port, args.n, args.workers, 300,
+                                                 extra)
             else:
-                result = endtoend.sqlite_blast(sink.port, args.n, 300)
+                result = endtoend.sqlite_blast(sink.port, args.n, 300, extra)
             worker = result.messages / result.worker_seconds
             total = result.messages / result.seconds
             print(f"ceiling {ceiling:,.0f}/s  worker alone {worker:,.0f}/s ({worker / ceiling:.2f}x)  "

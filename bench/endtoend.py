@@ -25,6 +25,10 @@ sys.path.insert(0, str(ROOT))
 from release import SENDER, load_release, write_contacts  # noqa: E402
 
 COMMUNIQUE = str(Path(sys.executable).parent / "communique")
+# The worker's pool for the local sink (bench/run.py --connections; the bare loop gets the same).
+# Each connection waits for its previous result to be recorded before the next DATA, so the pool
+# also sets the size of the recorder's group commits: 64 keeps both busy (docs/operations.md).
+CONNECTIONS = 64
 
 
 class NotAvailable(Exception):
@@ -57,8 +61,8 @@ def _environ(database_url: str, folder: Path, port: int) -> dict[str, str]:
             "COMMUNIQUE_MAIL_FROM": SENDER,
             "COMMUNIQUE_SMTP_HOST": "127.0.0.1",
             "COMMUNIQUE_SMTP_PORT": str(port),
-            "COMMUNIQUE_SMTP_CONNECTIONS": "16",
-            "COMMUNIQUE_DOMAIN_CONCURRENCY": "16",
+            "COMMUNIQUE_SMTP_CONNECTIONS": str(CONNECTIONS),
+            "COMMUNIQUE_DOMAIN_CONCURRENCY": str(CONNECTIONS),
             "COMMUNIQUE_WORKER_POLL_SECONDS": "0.1",
             "COMMUNIQUE_LOG_LEVEL": "WARNING"}
 
@@ -159,10 +163,11 @@ def _run_workers(env: dict[str, str], cwd: Path, processes: int,
     return time.perf_counter() - started, peak_kb / 1024, cpu, system
 
 
-def prepare_blast(database_url: str, folder: Path, port: int, count: int) -> tuple[dict[str, str], float]:
+def prepare_blast(database_url: str, folder: Path, port: int, count: int,
+                  extra_env: dict[str, str] | None = None) -> tuple[dict[str, str], float]:
     """A fresh database with `count` contacts and a running blast to all of them; returns the
-    worker's environment and the seconds `blasts create` took."""
-    env = _environ(database_url, folder, port)
+    worker's environment (with `extra_env` on top) and the seconds `blasts create` took."""
+    env = {**_environ(database_url, folder, port), **(extra_env or {})}
     _cli(["init"], env, folder)
     csv_path = folder / "contacts.csv"
     write_contacts(csv_path, count)
@@ -178,8 +183,8 @@ def prepare_blast(database_url: str, folder: Path, port: int, count: int) -> tup
 
 
 def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
-           timeout: float) -> Result:
-    env, create_seconds = prepare_blast(database_url, folder, port, count)
+           timeout: float, extra_env: dict[str, str] | None = None) -> Result:
+    env, create_seconds = prepare_blast(database_url, folder, port, count, extra_env)
     worker_seconds, peak, cpu, system = _run_workers(env, folder, workers, timeout)
     sent = _count_sent(database_url)
     if sent != count:
@@ -187,10 +192,11 @@ def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
     return Result(count, create_seconds, worker_seconds, peak, sent, cpu, system)
 
 
-def sqlite_blast(port: int, count: int, timeout: float = 300) -> Result:
+def sqlite_blast(port: int, count: int, timeout: float = 300,
+                 extra_env: dict[str, str] | None = None) -> Result:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as folder:
         return _blast(f"sqlite:///{Path(folder) / 'communique.db'}", Path(folder), port, count, 1,
-                      timeout)
+                      timeout, extra_env)
 
 
 @contextmanager
@@ -215,6 +221,7 @@ def postgres_schema(url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def postgres_blast(url: str, port: int, count: int, workers: int = 2, timeout: float = 300) -> Result:
+def postgres_blast(url: str, port: int, count: int, workers: int = 2, timeout: float = 300,
+                   extra_env: dict[str, str] | None = None) -> Result:
     with postgres_schema(url) as database_url, tempfile.TemporaryDirectory(prefix="bench-e2e-") as folder:
-        return _blast(database_url, Path(folder), port, count, workers, timeout)
+        return _blast(database_url, Path(folder), port, count, workers, timeout, extra_env)

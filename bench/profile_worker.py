@@ -1,8 +1,9 @@
-"""Profile one `communique worker --until-idle` sending N messages to smtp-sink, with pyinstrument
-(wall-clock sampling) or cProfile; prints where the time goes.
+"""Profile one `communique worker --until-idle` sending N messages to smtp-sink, with py-spy
+(samples of the thread holding the GIL, all threads; raw collapsed stacks), pyinstrument or
+cProfile.
 
-    .venv/bin/python bench/profile_worker.py --n 20000                 # pyinstrument text report
-    .venv/bin/python bench/profile_worker.py --n 20000 --profiler none # just the time
+    .venv/bin/python bench/profile_worker.py --n 20000 --output /tmp/w.spy  # py-spy, every thread
+    .venv/bin/python bench/profile_worker.py --n 20000 --profiler none     # just the time
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main() -> None:
             env, create_seconds = endtoend.prepare_blast(database_url, Path(folder), sink.port, args.n)
             if args.profiler == "py-spy":  # samples every thread (claims and records run in two)
                 command = [str(Path(sys.executable).parent / "py-spy"), "record", "--threads",
-                           "--rate", "200", "--gil", "--format", "raw", "-o", args.output or "/tmp/worker.spy",
+                           "--rate", "200", "--gil", "--format", "raw",
+                           "-o", args.output or "/tmp/worker.spy",
                            "--", communique, "worker", "--until-idle"]
             elif args.profiler == "pyinstrument":
                 command = [str(Path(sys.executable).parent / "pyinstrument"), "-r", "text",

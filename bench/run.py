@@ -123,12 +123,13 @@ def measure_web_preview(row: Row, requests: int, timeout: float) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Row]:
-    n, sessions = args.n, args.sessions
+    n, sessions, connections = args.n, args.sessions, args.connections
+    endtoend.CONNECTIONS = connections
     mailmerge_n = min(n, args.mailmerge_n)
     size = len(build_message(load_release(), "Hélène", "journaliste@redaction.example"))
     rows = {row.key: row for row in [
         Row(LIMIT, f"Postfix smtp-source → smtp-sink, {sessions} connections (the wire limit)", "msgs/s"),
-        Row(CEILING, f"bare aiosmtplib loop, pre-built bytes, {sessions} connections (Python ceiling)",
+        Row(CEILING, f"bare aiosmtplib loop, pre-built bytes, {connections} connections (Python ceiling)",
             "msgs/s"),
         Row("mailmerge", f"mailmerge CLI (PyPI), {mailmerge_n} messages", "msgs/s"),
         Row("sqlite", "Communiqué end to end, 1 worker, SQLite", "msgs/s"),
@@ -137,7 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
         Row("render", "preview: one personal message rendered (bench/render_latency.py)", "ms"),
         Row("web", "preview: GET /releases/<id>/preview, Flask test client (bench/preview.py)", "ms"),
     ]}
-    rows["sqlite"].note = rows["postgres"].note = "blast create + worker --until-idle"
+    rows["sqlite"].note = rows["postgres"].note = (f"blast create + worker --until-idle, "
+                                                   f"{connections} connections per worker")
     budget = args.timeout
     with sinks.running_sink() as sink:
         if sink.kind != "smtp-sink":
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
             _attempt(rows[LIMIT], lambda: rows[LIMIT].add(
                 n / sinks.smtp_source(sink.port, n, sessions, size, budget)))
             _attempt(rows[CEILING], lambda: rows[CEILING].add(
-                n / peers.ceiling(sink.port, n, sessions, budget)))
+                n / peers.ceiling(sink.port, n, connections, budget)))
             _attempt(rows["mailmerge"], lambda: rows["mailmerge"].add(
                 mailmerge_n / peers.mailmerge(sink.port, mailmerge_n, budget)))
 
@@ -209,7 +211,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20_000, help="messages per throughput run")
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs; medians are shown")
-    parser.add_argument("--sessions", type=int, default=16, help="SMTP connections of the peers")
+    parser.add_argument("--sessions", type=int, default=16, help="smtp-source's SMTP sessions")
+    parser.add_argument("--connections", type=int, default=endtoend.CONNECTIONS,
+                        help="SMTP connections of the bare aiosmtplib loop and of Communiqué's worker")
     parser.add_argument("--mailmerge-n", type=int, default=1000,
                         help="messages for mailmerge (at ~200/s it would take minutes at full N)")
     parser.add_argument("--pg-workers", type=int, default=2)

@@ -273,7 +273,8 @@ class Worker:
                     await asyncio.sleep(delay)
                 await self._rate.wait()
                 envelope_from = self._prepared[job.release_id].release.envelope_from
-                result = await connection.send(envelope_from, job.email, data, before_data=previous)
+                result = await connection.send(envelope_from, job.email, data, before_data=previous,
+                                               crlf=True)  # render_bytes writes CRLF only
             self._note_relay(result.relay_down, result.smtp_reply)
             attempt = self._attempt(job, result.outcome, result.smtp_code, result.smtp_reply,
                                     result.error_type, time.perf_counter() - started)

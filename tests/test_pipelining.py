@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from aiosmtplib.email import quote_address
@@ -40,6 +41,7 @@ from service.delivery import run_worker
 from service.models import MessageStatus
 from service.smtp_pool import _SIMPLE_ADDRESS, SmtpConnection
 
+NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)
 IMPORTED = [  # collected here again, with the pipelining server below
     test_connection_dropped_during_data_is_deferred_then_sent,
     test_every_recipient_gets_one_message_over_reused_connections,
@@ -134,3 +136,26 @@ def test_refused_rows_are_recorded_on_the_pipelined_path(db, smtp_settings, smtp
     run_worker(smtp_settings, until_idle=True, include_due=False)
     assert row(db, "j2@example.net").status == MessageStatus.failed
     assert ledger(db, blast.id)["sent"] == 5
+
+
+@pytest.mark.parametrize("sample", ["onmt-task-force-2022-07-06.md", "onmt-tournee-regionale-2020-12.md"])
+def test_rendered_messages_end_every_line_with_crlf(db, settings, sample) -> None:  # type: ignore[no-untyped-def]
+    """render_bytes writes CRLF line ends only, whatever the personal values hold, which is why the
+    worker sends its bytes without re-checking them (send(..., crlf=True))."""
+    from conftest import SAMPLES
+
+    from service import releases
+    from service.rendering import Recipient, prepare_release
+
+    release = releases.create_release(db, settings, body=(SAMPLES / sample).read_text(encoding="utf-8"),
+                                      now=NOW)
+    db.commit()
+    prepared = prepare_release(db, release.id, settings)
+    odd = Recipient(email="x.y@example.net", contact_id=5, civility="Mme", first_name="Zoé\x0b\x0c\x1c",
+                    last_name="L\u2028\u2029\x85ast", outlet="Le\x00 Journal\t.", language="fr")
+    plain = Recipient(email="a@example.net", contact_id=6, civility=None, first_name=None, last_name=None,
+                      outlet=None, language="ar")
+    for recipient in (odd, plain):
+        raw = prepared.render_bytes(recipient, message_id="<m@x.org>", now=NOW, blast_id=1)
+        crlf = raw.count(b"\r\n")
+        assert raw.endswith(b"\r\n") and raw.count(b"\n") == crlf and raw.count(b"\r") == crlf
