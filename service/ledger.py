@@ -162,6 +162,20 @@ _RECORD_ROW = (
             last_smtp_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
             sent_at=bindparam("b_sent"), claimed_at=None, claimed_by=None))
 _LOG_ATTEMPT = insert(DeliveryLog.__table__)  # type: ignore[arg-type]
+# PostgreSQL: the same two writes as one statement each, the batch passed as arrays. An
+# executemany runs (and plans) one UPDATE per row; this halves the cost of recording a batch.
+_PG_RECORD_ROWS = """
+UPDATE queued_messages AS q SET status = v.status, attempts = v.attempts,
+    next_attempt_at = v.next_at, last_smtp_code = v.code, last_smtp_reply = v.reply,
+    updated_at = v.at, sent_at = v.sent, claimed_at = NULL, claimed_by = NULL
+FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::timestamptz[], %s::int[], %s::text[],
+            %s::timestamptz[], %s::timestamptz[]) AS v(id, status, attempts, next_at, code, reply, at, sent)
+WHERE q.id = v.id AND q.status <> 'sent'"""
+_PG_LOG_ATTEMPTS = """
+INSERT INTO delivery_logs (queued_message_id, blast_id, attempt, outcome, smtp_code, smtp_reply,
+                           error_type, duration_seconds, at)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::int[], %s::text[], %s::int[], %s::text[],
+                     %s::text[], %s::float8[], %s::timestamptz[])"""
 
 
 def _backoff(settings: Settings, attempt: int) -> timedelta:
@@ -191,15 +205,24 @@ def record_attempts(session: Session, settings: Settings, attempts: Sequence[Att
                 reply = f"gave up after {a.attempt} attempts since {started.isoformat()}: {a.smtp_reply}"
             else:
                 next_at = a.at + _backoff(settings, a.attempt)
-        updates.append({"b_id": a.row_id, "b_status": status, "b_attempts": a.attempt,
+        updates.append({"b_id": a.row_id, "b_status": str(status), "b_attempts": a.attempt,
                         "b_next": next_at, "b_code": a.smtp_code, "b_reply": reply, "b_at": a.at,
                         "b_sent": a.at if status == MessageStatus.sent else None})
         logs.append({"queued_message_id": a.row_id, "blast_id": a.blast_id, "attempt": a.attempt,
                      "outcome": str(a.outcome), "smtp_code": a.smtp_code, "smtp_reply": a.smtp_reply,
                      "error_type": a.error_type, "duration_seconds": a.duration_seconds, "at": a.at})
     connection = session.connection()  # Core: a third of the ORM's per-batch overhead
-    connection.execute(_RECORD_ROW, updates)
-    connection.execute(_LOG_ATTEMPT, logs)
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(_PG_RECORD_ROWS, tuple(
+            [row[key] for row in updates] for key in
+            ("b_id", "b_status", "b_attempts", "b_next", "b_code", "b_reply", "b_at", "b_sent")))
+        connection.exec_driver_sql(_PG_LOG_ATTEMPTS, tuple(
+            [row[key] for row in logs] for key in
+            ("queued_message_id", "blast_id", "attempt", "outcome", "smtp_code", "smtp_reply",
+             "error_type", "duration_seconds", "at")))
+    else:
+        connection.execute(_RECORD_ROW, updates)
+        connection.execute(_LOG_ATTEMPT, logs)
     for a in attempts:
         if a.outcome == DeliveryOutcome.bounced:
             mark_bounced(session, a.contact_id, now=a.at)
