@@ -139,7 +139,7 @@ class PreparedRelease:
         _check_message_id(message_id)
         raw = variant.skeleton.build(
             to=mime.format_address(recipient.full_name, recipient.email),
-            date=format_datetime(now), message_id=message_id, unsubscribe_url=url, test=test,
+            date=_date_header(now), message_id=message_id, unsubscribe_url=url, test=test,
             values=values, html_values={k: html.escape(v) for k, v in values.items()})
         if self.dkim is not None:
             raw = _dkim_sign(raw, *self.dkim)
@@ -160,6 +160,22 @@ class PreparedRelease:
         escaped = {k: html.escape(v) for k, v in values.items()}
         return RenderedMessage(subject, mime.fill_text(variant.html, escaped),
                                mime.fill_text(variant.text, values), headers, message_id, raw)
+
+
+_last_date: tuple[tuple[datetime, Any], str] | None = None
+
+
+def _date_header(now: datetime) -> str:
+    """format_datetime(now), remembered for the current second: the worker renders hundreds of
+    messages a second with the same Date (the header has no fraction of a second)."""
+    global _last_date
+    key = (now.replace(microsecond=0), now.tzinfo)
+    last = _last_date
+    if last is not None and last[0] == key:
+        return last[1]
+    value = format_datetime(now)
+    _last_date = (key, value)
+    return value
 
 
 def new_message_id(settings: Settings) -> str:
