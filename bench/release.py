@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import email.policy
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -34,7 +35,7 @@ def load_release(target_bytes: int = TARGET_MESSAGE_BYTES) -> dict[str, object]:
     highlights = [line[2:].strip().strip("*") for line in lines[1:] if line.startswith("- ")]
     paragraphs = [line.strip() for line in lines[1:] if line.strip() and not line.startswith("- ")]
     body = "\n\n".join(paragraphs)
-    release = {"title": title, "highlights": highlights, "body": body, "language": "fr",
+    release: dict[str, object] = {"title": title, "highlights": highlights, "body": body, "language": "fr",
                "kicker": "Communiqué de presse", "dateline": "Casablanca, le 6 juillet 2022"}
     index = 0
     while len(build_message(release, "Hélène", "x@example.org")) < target_bytes:
@@ -44,7 +45,7 @@ def load_release(target_bytes: int = TARGET_MESSAGE_BYTES) -> dict[str, object]:
     return release
 
 
-def build_message(release: dict[str, object], first_name: str, to: str) -> bytes:
+def build_message(release: Mapping[str, object], first_name: str, to: str) -> bytes:
     """The message a peer sends: multipart/alternative, UTF-8 text and HTML, like ours."""
     greeting = f"Bonjour {first_name},"
     highlights = "\n".join(f"- {h}" for h in release["highlights"])  # type: ignore[attr-defined]

@@ -91,10 +91,10 @@ def _script_output(name: str, args: list[str], timeout: float) -> str:
 def measure_import(row: Row, rows: int, timeout: float) -> None:
     """bench/import_contacts.py (the contacts engineer's) on a fresh SQLite database."""
     output = _script_output("import_contacts.py", ["--rows", str(rows)], timeout)
-    match = re.search(r"sqlite: (\d+) rows in ([\d.]+) s", output)
+    match = re.search(r"sqlite(?:, new list)?: (\d+) rows in ([\d.]+) s", output)
     if match is None:
         raise endtoend.NotAvailable(f"unexpected output from bench/import_contacts.py: {output[-120:]!r}")
-    peak = re.search(r"sqlite:.*peak RSS so far (\d+) MB", output)
+    peak = re.search(r"sqlite(?:, new list)?:.*peak RSS so far (\d+) MB", output)
     row.add(int(match.group(1)) / float(match.group(2)), seconds=float(match.group(2)),
             **({"peak_rss_mb": float(peak.group(1))} if peak else {}))
 
@@ -133,13 +133,14 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
             "msgs/s"),
         Row("mailmerge", f"mailmerge CLI (PyPI), {mailmerge_n} messages", "msgs/s"),
         Row("sqlite", "Communiqué end to end, 1 worker, SQLite", "msgs/s"),
+        Row("postgres1", "Communiqué end to end, 1 worker, PostgreSQL", "msgs/s"),
         Row("postgres", f"Communiqué end to end, {args.pg_workers} workers, PostgreSQL", "msgs/s"),
         Row("import", f"CSV import, {args.import_rows:,} rows (bench/import_contacts.py)", "rows/s"),
         Row("render", "preview: one personal message rendered (bench/render_latency.py)", "ms"),
         Row("web", "preview: GET /releases/<id>/preview, Flask test client (bench/preview.py)", "ms"),
     ]}
-    rows["sqlite"].note = rows["postgres"].note = (f"blast create + worker --until-idle, "
-                                                   f"{connections} connections per worker")
+    for key in ("sqlite", "postgres1", "postgres"):
+        rows[key].note = f"blast create + worker --until-idle, {connections} connections per worker"
     budget = args.timeout
     with sinks.running_sink() as sink:
         if sink.kind != "smtp-sink":
@@ -156,16 +157,18 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
             def blast(row: Row, result: endtoend.Result) -> None:
                 row.add(result.messages / result.seconds,
                         worker_rate=result.messages / result.worker_seconds,
-                        peak_rss_mb=result.peak_rss_mb, create_seconds=result.create_seconds)
+                        peak_rss_mb=result.peak_rss_mb, create_seconds=result.create_seconds,
+                        cpu_us=result.cpu_seconds / result.messages * 1e6)
 
             _attempt(rows["sqlite"], lambda: blast(rows["sqlite"], endtoend.sqlite_blast(
                 sink.port, n, budget)))
-            if args.postgres_url:
-                _attempt(rows["postgres"], lambda: blast(rows["postgres"], endtoend.postgres_blast(
-                    args.postgres_url, sink.port, n, args.pg_workers, budget)))
-            else:
-                rows["postgres"].problem = ("no PostgreSQL URL "
-                                            "(--postgres-url or COMMUNIQUE_TEST_POSTGRES_URL)")
+            for key, workers in (("postgres1", 1), ("postgres", args.pg_workers)):
+                if args.postgres_url:
+                    _attempt(rows[key], lambda key=key, workers=workers: blast(  # type: ignore[misc]
+                        rows[key], endtoend.postgres_blast(args.postgres_url, sink.port, n, workers,
+                                                           budget)))
+                else:
+                    rows[key].problem = "no PostgreSQL URL (--postgres-url or COMMUNIQUE_TEST_POSTGRES_URL)"
     for _run in range(args.runs):
         _attempt(rows["import"], lambda: measure_import(rows["import"], args.import_rows, budget))
         _attempt(rows["render"], lambda: measure_render(rows["render"], args.render_messages, budget))
@@ -196,13 +199,37 @@ def table(rows: dict[str, Row], runs: int) -> str:
         rss = row.median_of("peak_rss_mb")
         notes = [row.note] if row.note else []
         if row.median_of("worker_rate") is not None:
-            notes.append(f"worker alone {row.median_of('worker_rate'):,.0f} msgs/s")
+            notes.append(f"worker alone {row.median_of('worker_rate'):,.0f} msgs/s, "
+                         f"worker CPU {row.median_of('cpu_us'):,.0f} µs/msg")
         if row.median_of("p95") is not None:
             notes.append(f"p95 {row.median_of('p95'):.2f} ms")
         if row.problem:
             notes.append(f"some runs failed: {row.problem}")
         lines.append(f"| {row.label} | {_number(value, row.unit)} {row.unit} | {versus_limit} | "
                      f"{versus_ceiling} | {f'{rss:.0f} MB' if rss else ''} | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
+def ratios(rows: dict[str, Row]) -> str:
+    """The issue's targets as ratios of medians of the same run (end to end, and worker alone)."""
+    def median(key: str, name: str | None = None) -> float | None:
+        return rows[key].median if name is None else rows[key].median_of(name)
+
+    lines = []
+    for label, (top, bottom), target in (
+            ("1 worker (SQLite) / bare aiosmtplib loop", ("sqlite", CEILING), "≥ 0.8"),
+            ("1 worker (SQLite) / smtp-source", ("sqlite", LIMIT), "≥ 0.2"),
+            ("1 worker (SQLite) / mailmerge", ("sqlite", "mailmerge"), "≥ 10"),
+            ("2 workers (PostgreSQL) / 1 worker (PostgreSQL)", ("postgres", "postgres1"), "≥ 1.7"),
+            ("2 workers (PostgreSQL) / 1 worker (SQLite)", ("postgres", "sqlite"), "≥ 1.7")):
+        a, b = median(top), median(bottom)
+        if not (a and b):
+            continue
+        line = f"- {label}: {a / b:.2f} end to end"
+        a_alone, b_alone = median(top, "worker_rate"), median(bottom, "worker_rate")
+        if a_alone:
+            line += f", {a_alone / (b_alone or b):.2f} worker alone"
+        lines.append(line + f" (target {target})")
     return "\n".join(lines)
 
 
@@ -225,7 +252,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     rows = run(args)
-    markdown = table(rows, args.runs)
+    markdown = table(rows, args.runs) + "\n\n" + ratios(rows)
     print(markdown)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
