@@ -81,17 +81,34 @@ class DomainLimiter:
         self.limit = limit
         self._domains: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
+    async def acquire(self, domain: str) -> None:
+        entry = self._domains.get(domain)
+        if entry is None:
+            entry = self._domains[domain] = (asyncio.Semaphore(self.limit), [0])
+        entry[1][0] += 1
+        try:
+            await entry[0].acquire()
+        except BaseException:
+            self._leave(domain, entry[1])
+            raise
+
+    def release(self, domain: str) -> None:
+        semaphore, users = self._domains[domain]
+        semaphore.release()
+        self._leave(domain, users)
+
+    def _leave(self, domain: str, users: list[int]) -> None:
+        users[0] -= 1
+        if not users[0]:
+            del self._domains[domain]
+
     @asynccontextmanager
     async def hold(self, domain: str) -> AsyncIterator[None]:
-        semaphore, users = self._domains.setdefault(domain, (asyncio.Semaphore(self.limit), [0]))
-        users[0] += 1
+        await self.acquire(domain)
         try:
-            async with semaphore:
-                yield
+            yield
         finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._domains[domain]
+            self.release(domain)
 
     def __len__(self) -> int:
         return len(self._domains)
@@ -296,7 +313,9 @@ class Worker:
         if isinstance(data, str):
             attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
         else:
-            async with self._domains.hold(job.email.rpartition("@")[2].lower()):
+            domain = job.email.rpartition("@")[2].lower()
+            await self._domains.acquire(domain)  # not `async with hold()`: a generator per message
+            try:
                 delay = self._relay_down_until - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -304,6 +323,8 @@ class Worker:
                 envelope_from = self._prepared[job.release_id].release.envelope_from
                 result = await connection.send(envelope_from, job.email, data, before_data=previous,
                                                crlf=True)  # render_bytes writes CRLF only
+            finally:
+                self._domains.release(domain)
             self._note_relay(result.relay_down, result.smtp_reply)
             attempt = self._attempt(job, result.outcome, result.smtp_code, result.smtp_reply,
                                     result.error_type, time.perf_counter() - started)

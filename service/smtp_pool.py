@@ -254,18 +254,28 @@ class PipeliningProtocol(aiosmtplib_protocol.SMTPProtocol):
         if self._buffer:  # bytes nobody asked for: the conversation is out of step
             raise aiosmtplib.SMTPResponseException(SMTPStatus.invalid_response, "Unexpected reply")
         replies: list[SMTPResponse] = []
+        deadline: asyncio.Timeout | None = None
         self._pipelining = self._response_pending = True
         try:
             if self._response_waiter.done():
                 self._response_waiter = self._loop.create_future()
             self.write(data)
-            while len(replies) < count:
-                try:
-                    replies.append(await self._next_reply(timeout))
-                except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError) as exc:
-                    if not replies:
-                        raise
-                    return replies, exc
+            # One deadline for the exchange (`timeout` per reply expected), not one timer per reply.
+            async with asyncio.timeout(None if timeout is None else timeout * count) as deadline:
+                while len(replies) < count:
+                    try:
+                        replies.append(await self._next_reply())
+                    except aiosmtplib.SMTPServerDisconnected as exc:
+                        if not replies:
+                            raise
+                        return replies, exc
+        except TimeoutError as exc:
+            if deadline is None or not deadline.expired():
+                raise
+            timed_out = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response")
+            if not replies:
+                raise timed_out from exc
+            return replies, timed_out
         finally:
             self._pipelining = self._response_pending = False
             if self.transport is not None and (self._response_waiter is None
@@ -273,7 +283,7 @@ class PipeliningProtocol(aiosmtplib_protocol.SMTPProtocol):
                 self._response_waiter = self._loop.create_future()
         return replies, None
 
-    async def _next_reply(self, timeout: float | None) -> SMTPResponse:
+    async def _next_reply(self) -> SMTPResponse:
         while True:
             if len(self._buffer) > aiosmtplib_protocol.MAX_RESPONSE_LENGTH:
                 raise aiosmtplib.SMTPResponseException(SMTPStatus.invalid_response, "Response too long")
@@ -286,10 +296,7 @@ class PipeliningProtocol(aiosmtplib_protocol.SMTPProtocol):
             if waiter.done():
                 waiter.result()  # raises when the connection was lost or the server closed it
                 waiter = self._response_waiter = self._loop.create_future()
-            try:
-                await asyncio.wait_for(waiter, timeout)
-            except TimeoutError as exc:
-                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+            await waiter
 
 
 def _install_pipelining() -> None:
