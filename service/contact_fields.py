@@ -61,6 +61,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SPACES = re.compile(r"\s+")
 _TAG_SPLIT = re.compile(r"[,;|]")
 # A dot-atom local part of plain ASCII (RFC 5322 atext, minus the rare symbols): always valid.
+NON_ASCII_LOCAL = "the part before @ must be ASCII: most mail servers refuse others"
 _PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+\-]+(\.[A-Za-z0-9_+\-]+)*\Z")
 # RFC 2142 mailbox names, which email-validator lower-cases: left to it, not to the fast path.
 _ROLE_MAILBOXES = frozenset({"info", "marketing", "sales", "support", "abuse", "noc", "security",
@@ -90,16 +91,20 @@ def clean_text(value: Any) -> str | None:
 def normalize_email(raw: str) -> tuple[str, str]:
     """Validate an address (syntax only, no DNS) -> (normalized address, case-insensitive key).
 
-    Trimmed, domain lower-cased, IDN domains kept in their Unicode form."""
+    Trimmed, domain lower-cased, IDN domains kept in their Unicode form (sent as punycode); a
+    non-ASCII part before the @ is refused: it needs SMTPUTF8, which most servers lack."""
     candidate = (clean_text(raw or "") or "").strip("<>").strip()
     if not candidate:
         raise ValidationError(FieldError("email", "is required"))
     local, _, domain = candidate.rpartition("@")
+    if not local.isascii():
+        raise ValidationError(FieldError("email", NON_ASCII_LOCAL, value=candidate))
     try:
         if _PLAIN_LOCAL.match(local) and local.lower() not in _ROLE_MAILBOXES:
             normalized = _plain_address(local, domain)
         else:
-            normalized = validate_email(candidate, check_deliverability=False).normalized
+            normalized = validate_email(candidate, check_deliverability=False,
+                                        allow_smtputf8=False).normalized
     except EmailNotValidError as exc:
         raise ValidationError(FieldError("email", f"not a valid address: {exc}",
                                          value=candidate)) from exc
@@ -113,13 +118,14 @@ def _plain_address(local: str, domain: str) -> str:
     normalized = f"{local}@{unicode_domain}"
     if max(len(candidate.encode()) for candidate in (
             f"{local}@{domain}", normalized, f"{local}@{ascii_domain}")) > 254:
-        return str(validate_email(f"{local}@{domain}", check_deliverability=False).normalized)
+        return str(validate_email(f"{local}@{domain}", check_deliverability=False,
+                                  allow_smtputf8=False).normalized)
     return normalized
 
 
 @lru_cache(maxsize=4096)
 def _validate_domain(domain: str) -> tuple[str, str]:
-    info = validate_email(f"x@{domain}", check_deliverability=False)
+    info = validate_email(f"x@{domain}", check_deliverability=False, allow_smtputf8=False)
     return info.domain, info.ascii_domain
 
 

@@ -47,6 +47,10 @@ FR: dict[str, str] = {
     "Not a valid choice.": "Choix invalide.",
     "is required": "est obligatoire",
     "not a valid address": "adresse invalide",
+    "the part before @ must be ASCII: most mail servers refuse others":
+        "la partie avant @ doit être en ASCII : la plupart des serveurs refusent les autres",
+    "release # has started sending: it can no longer be edited, so that every recipient gets the same version":
+        "l’envoi du communiqué # a commencé : il ne peut plus être modifié, pour que chaque destinataire reçoive la même version",
     "must be at least 10 characters": "doit contenir au moins 10 caractères",
     "needs a time zone": "doit avoir un fuseau horaire",
     "is before the send time": "est avant l’heure d’envoi",

@@ -119,10 +119,13 @@ def format_address(name: str | None, address: str) -> str:
 
 
 def ascii_address(address: str) -> str:
-    """IDN domains as punycode (headers and SMTP envelopes are ASCII without SMTPUTF8)."""
+    """IDN domains as punycode (headers and SMTP envelopes are ASCII without SMTPUTF8); a
+    non-ASCII part before the @ has no ASCII form: RenderError."""
     if address.isascii():
         return address
     local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise RenderError(f"address {address!r}: the part before @ must be ASCII")
     try:
         return f"{local}@{domain.encode('idna').decode('ascii')}"
     except UnicodeError as exc:

@@ -13,7 +13,7 @@ from .db import utcnow
 from .db_app import current_settings, db_session
 from .email_text import language_of
 from .errors import NotFound
-from .releases import get_release
+from .releases import get_release, has_started_blast
 from .rendering import release_context
 from .unsubscribe import contact_for_token, token_fingerprint, unsubscribe_by_token
 
@@ -51,6 +51,8 @@ def show_release(slug: str) -> str:
     except NotFound:
         abort(404)
     if release.slug != slug or (release.embargo_until is not None and utcnow() < release.embargo_until):
+        abort(404)
+    if not has_started_blast(session, release):  # a draft, or only blasts that never started
         abort(404)
     context = release_context(release, settings, now=utcnow())
     return render_template("public/release.html", language=context["release"]["language"], **context)

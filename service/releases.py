@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .config import Settings
+from .contact_fields import NON_ASCII_LOCAL
 from .email_text import language_of
-from .errors import FieldError, NotFound, RenderError, ValidationError
-from .models import Attachment, Contact, Release, ReleaseStatus
+from .errors import Conflict, FieldError, NotFound, RenderError, ValidationError
+from .models import Attachment, Blast, Contact, Release, ReleaseStatus
 from .release_markdown import ReleaseDraft, import_markdown, sanitize_html
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ _UPDATABLE = {"title", "body", "body_format", "language", "kicker", "highlights"
               "press_contacts", "embargo_until", "from_name", "from_email", "reply_to", "status",
               "external_id"}
 
-__all__ = ["ReleaseDraft", "add_attachment", "create_release", "get_release", "import_markdown",
-           "list_releases", "preview", "update_release", "validate_release"]
+__all__ = ["ReleaseDraft", "add_attachment", "create_release", "get_release", "has_started_blast",
+           "import_markdown", "list_releases", "preview", "update_release", "validate_release"]
 
 
 def create_release(session: Session, settings: Settings, *, title: str | None = None, body: str,
@@ -86,7 +87,12 @@ def create_release(session: Session, settings: Settings, *, title: str | None = 
 
 def update_release(session: Session, settings: Settings, release_id: int, *, now: datetime,
                    **fields: Any) -> Release:
+    """Change a release's fields; refused (Conflict) once a blast of it or of a language variant
+    has started, so every recipient gets the same version."""
     release = get_release(session, release_id)
+    if has_started_blast(session, release):
+        raise Conflict(f"release {release.id} has started sending: it can no longer be edited, "
+                       "so that every recipient gets the same version")
     unknown = set(fields) - _UPDATABLE
     if unknown:
         raise ValidationError([FieldError(name, "cannot be changed") for name in sorted(unknown)])
@@ -107,6 +113,15 @@ def update_release(session: Session, settings: Settings, release_id: int, *, now
     session.flush()
     log.info("release %s: updated (%s)", release.id, ", ".join(sorted(fields)))
     return release
+
+
+def has_started_blast(session: Session, release: Release) -> bool:
+    """A blast of this release or of one of its language variants has started (running, paused,
+    finished, or cancelled or expired after starting)."""
+    group_id = release.group_id or release.id
+    return session.scalar(select(Blast.id).join(Release, Blast.release_id == Release.id).where(
+        (Release.group_id == group_id) | (Release.id == group_id) | (Release.id == release.id),
+        Blast.started_at.is_not(None)).limit(1)) is not None
 
 
 def get_release(session: Session, id_or_slug: int | str) -> Release:
@@ -242,8 +257,12 @@ def _clean(fields: dict[str, Any]) -> dict[str, Any]:
     values["language"] = language
     for name in ("from_email", "reply_to"):
         if values.get(name) and not any(e.field == name for e in errors):
+            if not values[name].rpartition("@")[0].isascii():
+                errors.append(FieldError(name, NON_ASCII_LOCAL))
+                continue
             try:
-                values[name] = validate_email(values[name], check_deliverability=False).normalized
+                values[name] = validate_email(values[name], check_deliverability=False,
+                                              allow_smtputf8=False).normalized
             except EmailNotValidError as exc:
                 errors.append(FieldError(name, f"not a valid address: {exc}"))
     highlights = values.get("highlights") or []

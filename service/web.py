@@ -148,15 +148,21 @@ def _forbidden(_error: Exception) -> tuple[str, int]:
 
 
 def _is_local(target: str) -> bool:
+    return _is_local_path(target) or urlsplit(target).netloc == request.host
+
+
+def _is_local_path(target: str) -> bool:
+    """A path on this site: browsers drop tabs and newlines and read a backslash as a slash, so
+    `/<tab>/evil.example` or `/\\evil.example` would lead off-site; any such character is refused."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target \
+            or any(ord(c) <= 0x20 or c == "\x7f" for c in target):
+        return False
     parts = urlsplit(target)
-    return not parts.scheme and not parts.netloc and target.startswith("/") \
-        and not target.startswith("//") or parts.netloc == request.host
+    return parts.scheme == "" and parts.netloc == ""
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("web.dashboard")
+    return target if target and _is_local_path(target) else url_for("web.dashboard")
 
 
 # ---- accounts -----------------------------------------------------------------

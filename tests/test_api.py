@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from service.apikeys import create_api_key, revoke_api_key
+from service.models import Blast, BlastStatus
 
 NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
 CSV = ("email,prénom,nom,média,langue,pays\r\n"
@@ -162,3 +163,22 @@ def test_release_preview_and_blast_lifecycle(client, auth):
     unknown_list = client.post("/api/v1/blasts", headers=auth, json={
         "release_id": release_id, "lists": ["nope"]})
     assert unknown_list.status_code == 400
+
+
+def test_release_update_after_a_blast_started_is_409(client, db, auth):
+    """PATCH on a release answers 200 while its blast is only scheduled and 409 (with the reason)
+    once the blast has started; the release stays as it was sent."""
+    created = client.post("/api/v1/releases", headers=auth, json={
+        "title": "Tournée régionale", "body": "Le Maroc en tournée.", "language": "fr"})
+    release_id = created.json["id"]
+    blast = Blast(release_id=release_id, status=BlastStatus.scheduled, send_at=NOW)
+    db.add(blast)
+    db.commit()
+    path = f"/api/v1/releases/{release_id}"
+    assert client.patch(path, headers=auth, json={"kicker": "Avant"}).status_code == 200
+    blast.status, blast.started_at = BlastStatus.running, NOW
+    db.commit()
+    refused = client.patch(path, headers=auth, json={"kicker": "Après"})
+    assert refused.status_code == 409
+    assert "can no longer be edited" in refused.json["errors"][0]["reason"]
+    assert client.get(path, headers=auth).json["kicker"] == "Avant"

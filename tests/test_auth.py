@@ -126,6 +126,29 @@ def test_open_redirect_after_login_is_refused(client: FlaskClient, db: Session) 
     assert response.headers["Location"] == "/"
 
 
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "/\r\n/x", "/ /evil.example",
+                                    "/\\evil.example", "/\x00/x", "https://evil.example/x"])
+def test_next_with_control_characters_or_backslash_goes_home(client: FlaskClient, db: Session,
+                                                               target: str) -> None:
+    """A `next` a browser would read as another host once it drops tabs and newlines (or reads a
+    backslash as a slash) sends to the dashboard instead, and never fails."""
+    make_user(db, "chef@example.org")
+    page = client.get("/login", query_string={"next": target})
+    assert page.status_code == 200
+    response = client.post("/login", data={"email": "chef@example.org", "password": PASSWORD,
+                                           "next": target, "csrf_token": csrf_token(client)})
+    assert response.status_code == 303 and response.headers["Location"] == "/"
+
+
+def test_next_path_on_this_site_is_kept(client: FlaskClient, db: Session) -> None:
+    """A plain path with its query string is where the login sends back to."""
+    make_user(db, "chef@example.org")
+    response = client.post("/login", data={"email": "chef@example.org", "password": PASSWORD,
+                                           "next": "/contacts?q=le%20matin",
+                                           "csrf_token": csrf_token(client)})
+    assert response.status_code == 303 and response.headers["Location"] == "/contacts?q=le%20matin"
+
+
 def test_users_create_command(runner, db: Session) -> None:  # type: ignore[no-untyped-def]
     """`communique users create EMAIL --admin --password-stdin` makes an admin who can sign in."""
     from service.cli import main

@@ -295,3 +295,18 @@ def test_cli_import_unreadable_file_fails(runner: CliRunner, db: Session) -> Non
     assert result.exit_code == 1
     assert "no email column" in result.stderr
     assert contact_count(db) == 0
+
+
+def test_non_ascii_part_before_at_is_rejected_idn_domain_kept(db: Session) -> None:
+    """`josé@…` is rejected (row, field, value, reason: it needs SMTPUTF8, which most servers
+    lack); an address with an accented domain imports, kept in its Unicode form."""
+    data = ("email,prénom\r\n"
+            "josé@lemonde.example,José\r\n"
+            "redaction@médias.example,Rédaction\r\n").encode()
+    report = import_contacts(db, data, now=NOW)
+    db.commit()
+    assert report.created == 1
+    assert report.as_dict()["rejected"] == [{
+        "row": 2, "field": "email", "value": "josé@lemonde.example",
+        "reason": "the part before @ must be ASCII: most mail servers refuse others"}]
+    assert contact(db, "redaction@médias.example").first_name == "Rédaction"

@@ -79,11 +79,14 @@ def test_validate_contact_reports_every_bad_field() -> None:
 
 
 def test_normalize_email_handles_idn_and_case() -> None:
-    """An IDN domain stays in Unicode, the domain is lower-cased and the key is case-insensitive."""
-    assert normalize_email(" Rédaction@Médias.EXAMPLE ") == (
-        "Rédaction@médias.example", "rédaction@médias.example")
+    """An IDN domain stays in Unicode, the domain is lower-cased and the key is case-insensitive;
+    a non-ASCII part before the @ is refused (it would need SMTPUTF8)."""
+    assert normalize_email(" Redaction@Médias.EXAMPLE ") == (
+        "Redaction@médias.example", "redaction@médias.example")
     with pytest.raises(ValidationError):
         normalize_email("someone@exemple.test")
+    with pytest.raises(ValidationError, match="part before @ must be ASCII"):
+        normalize_email(" Rédaction@Médias.EXAMPLE ")
 
 
 def test_create_contact_and_conflict(db: Session) -> None:

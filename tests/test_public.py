@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from service import releases
 from service.config import Settings
 from service.db import utcnow
-from service.models import Contact, ContactStatus
+from service.models import Blast, BlastStatus, Contact, ContactStatus
 from service.unsubscribe import make_token
 
 
@@ -23,6 +23,13 @@ def _contact(db: Session, language: str = "fr") -> int:
     contact_id = contact.id
     db.commit()  # SQLite transactions here begin IMMEDIATE: keep none open across requests
     return contact_id
+
+
+def _start_blast(db: Session, release_id: int) -> None:
+    """A blast of the release that has started sending (the row as blasts.start_blast leaves it)."""
+    now = utcnow()
+    db.add(Blast(release_id=release_id, status=BlastStatus.running, send_at=now, started_at=now))
+    db.commit()
 
 
 def _status(db: Session, contact_id: int) -> str:
@@ -39,10 +46,9 @@ def test_web_version_hidden_until_embargo_lifts(client: FlaskClient, db: Session
     now = utcnow()
     release = releases.create_release(db, settings, title="Lancement", body="**Texte** public.",
                                       embargo_until=now + timedelta(hours=1), now=now)
-    db.commit()
+    _start_blast(db, release.id)
     assert client.get(f"/r/{release.slug}").status_code == 404
-    releases.update_release(db, settings, release.id, now=now,
-                            embargo_until=now - timedelta(seconds=1))
+    release.embargo_until = now - timedelta(seconds=1)  # sent: no longer editable, set the row
     db.commit()
     response = client.get(f"/r/{release.slug}")
     assert response.status_code == 200
@@ -57,9 +63,27 @@ def test_arabic_web_version_is_right_to_left(client: FlaskClient, db: Session,
     """An Arabic release's web page is served with lang=ar and dir=rtl."""
     release = releases.create_release(db, settings, title="بلاغ", body="نص البلاغ.", language="ar",
                                       now=utcnow())
-    db.commit()
+    _start_blast(db, release.id)
     page = client.get(f"/r/{release.slug}").get_data(as_text=True)
     assert '<html lang="ar" dir="rtl">' in page and "نص البلاغ." in page
+
+
+def test_web_version_only_once_sending_started(client: FlaskClient, db: Session,
+                                              settings: Settings) -> None:
+    """/r/<slug> is 404 for a draft and for a release whose only blast was cancelled before it
+    started; it shows once a blast of the release (or of a language variant) has started."""
+    now = utcnow()
+    release = releases.create_release(db, settings, title="Brouillon", body="Pas encore.", now=now)
+    english = releases.create_release(db, settings, title="Draft", body="Not yet.", language="en",
+                                      variant_of=release.id, now=now)
+    db.add(Blast(release_id=release.id, status=BlastStatus.scheduled, send_at=now))
+    db.add(Blast(release_id=release.id, status=BlastStatus.cancelled))
+    db.commit()
+    assert client.get(f"/r/{release.slug}").status_code == 404
+    assert client.get(f"/r/{english.slug}").status_code == 404
+    _start_blast(db, release.id)
+    assert client.get(f"/r/{release.slug}").status_code == 200
+    assert client.get(f"/r/{english.slug}").status_code == 200
 
 
 def test_one_click_post_unsubscribes_without_csrf(client: FlaskClient, db: Session,

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from service import releases
 from service.cli import main
 from service.config import Settings
-from service.errors import NotFound, ValidationError
-from service.models import Contact, ReleaseStatus
+from service.errors import Conflict, NotFound, ValidationError
+from service.models import Blast, BlastStatus, Contact, ReleaseStatus
 from service.release_markdown import import_markdown, parse_press_contacts
 
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)
@@ -152,3 +152,39 @@ def test_cli_import_list_and_preview(runner: CliRunner, db: Session) -> None:
     assert text.output.startswith("Voir la version en ligne : https://press.example.org/r/")
     missing = runner.invoke(main, ["preview", "nope", "--contact", "x@example.org"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+@pytest.mark.parametrize("field", ["from_email", "reply_to"])
+def test_sender_address_must_be_ascii_before_the_at(db: Session, settings: Settings,
+                                                    field: str) -> None:
+    """A sender or reply-to address with a non-ASCII part before the @ is refused, naming the
+    field; an accented domain is accepted (it is sent as punycode)."""
+    with pytest.raises(ValidationError) as caught:
+        releases.create_release(db, settings, title="Titre", body="Texte",
+                                **{field: "josé@lemonde.example"}, now=NOW)  # type: ignore[arg-type]
+    assert [(e.field, e.reason) for e in caught.value.errors] == [
+        (field, "the part before @ must be ASCII: most mail servers refuse others")]
+    release = releases.create_release(db, settings, title="Titre", body="Texte",
+                                      **{field: "presse@médias.example"}, now=NOW)  # type: ignore[arg-type]
+    assert getattr(release, field) == "presse@médias.example"
+
+
+def test_release_cannot_be_edited_once_a_blast_started(db: Session, settings: Settings) -> None:
+    """A scheduled, draft or cancelled-before-start blast leaves the release editable; once a
+    blast of it or of a language variant has started, update_release raises Conflict."""
+    base = releases.create_release(db, settings, title="Titre", body="Texte", now=NOW)
+    english = releases.create_release(db, settings, title="Title", body="Text", language="en",
+                                      variant_of=base.id, now=NOW)
+    db.add_all([Blast(release_id=base.id, status=BlastStatus.scheduled, send_at=NOW),
+                Blast(release_id=base.id, status=BlastStatus.draft),
+                Blast(release_id=english.id, status=BlastStatus.cancelled)])
+    db.flush()
+    releases.update_release(db, settings, english.id, title="New title", now=NOW)
+    db.add(Blast(release_id=base.id, status=BlastStatus.finished, started_at=NOW,
+                 finished_at=NOW))
+    db.flush()
+    for release_id in (base.id, english.id):
+        with pytest.raises(Conflict, match="can no longer be edited"):
+            releases.update_release(db, settings, release_id, title="Too late", now=NOW)
+    db.expire_all()
+    assert english.title == "New title" and base.title == "Titre"

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from service import releases, rendering
 from service.config import Settings
 from service.errors import RenderError, ValidationError
+from service.mime import ascii_address
 from service.models import Contact
 from service.rendering import Recipient, new_message_id, prepare_release
 from service.unsubscribe import make_token, verify_token
@@ -313,3 +314,11 @@ def test_preview_prints_the_bytes_of_the_contact(db: Session, settings: Settings
     text = releases.preview(db, settings, release_id, email="karim@example.org", fmt="text", now=NOW)
     assert isinstance(text, str) and "Cher Karim Benali," in text
     assert releases.validate_release(db, settings, release_id) == ["the release has no press contact"]
+
+
+def test_ascii_address_refuses_non_ascii_part_before_the_at() -> None:
+    """An address whose part before the @ is not ASCII has no ASCII form: RenderError, not a
+    UnicodeEncodeError; an accented domain becomes punycode."""
+    with pytest.raises(RenderError, match="part before @ must be ASCII"):
+        ascii_address("josé@x.example")
+    assert ascii_address("presse@médias.example") == "presse@xn--mdias-bsa.example"
