@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
+from .contacts import neutralize_formula
 from .db import session_scope
 from .errors import Conflict, FieldError, NotFound, ValidationError
 from .events import EventType, record_event
@@ -94,6 +95,15 @@ def _audience_where(list_ids: Sequence[int], filters: dict[str, list[str]],
         conditions.append(Contact.id.in_(
             select(QueuedMessage.contact_id).where(QueuedMessage.blast_id == resend_of_id,
                                                    QueuedMessage.status != MessageStatus.sent)))
+        # Never a second copy: not to whoever got this release from any blast, nor to whoever is
+        # still pending in a live one (a resend clicked twice, an API retry).
+        release_id = select(Blast.release_id).where(Blast.id == resend_of_id).scalar_subquery()
+        live = (BlastStatus.scheduled, BlastStatus.running, BlastStatus.paused)
+        conditions.append(~Contact.id.in_(
+            select(QueuedMessage.contact_id).join(Blast, Blast.id == QueuedMessage.blast_id)
+            .where(Blast.release_id == release_id,
+                   or_(QueuedMessage.status == MessageStatus.sent,
+                       and_(Blast.status.in_(live), QueuedMessage.status.in_(PENDING))))))
     return conditions
 
 
@@ -423,8 +433,11 @@ def export_deliveries_csv(session: Session, blast_id: int, out: IO[str], *, stat
     offset, written = 0, 0
     while page := list_deliveries(session, blast_id, status=status, offset=offset, limit=1000):
         for row in page:
-            writer.writerow([row.email, row.contact_id, row.status, row.attempts, row.last_smtp_code or "",
-                             row.last_smtp_reply or "", row.message_id,
+            # Text cells pass through the contacts export's formula guard: an SMTP reply is
+            # written by a remote server and an address may start with "=" or "-".
+            writer.writerow([neutralize_formula(row.email), row.contact_id, row.status, row.attempts,
+                             row.last_smtp_code or "", neutralize_formula(row.last_smtp_reply),
+                             neutralize_formula(row.message_id),
                              row.sent_at.isoformat() if row.sent_at else "",
                              row.next_attempt_at.isoformat() if row.next_attempt_at else ""])
         written += len(page)

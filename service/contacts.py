@@ -159,7 +159,7 @@ def export_contacts(session: Session, out: TextIO, *, list_name: str | None = No
     for contact in session.scalars(statement.execution_options(yield_per=1000)):
         row = [", ".join(contact.tag_list) if name == "tags" else getattr(contact, name)
                for name in EXPORT_FIELDS]
-        writer.writerow([_neutralize(value) for value in row])
+        writer.writerow([neutralize_formula(value) for value in row])
         count += 1
     return count
 
@@ -346,6 +346,7 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _neutralize(value: Any) -> str:
+def neutralize_formula(value: Any) -> str:
+    """A CSV cell a spreadsheet will not run as a formula (OWASP CSV injection)."""
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(_FORMULA_STARTS) else text

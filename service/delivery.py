@@ -134,7 +134,7 @@ class Worker:
     _pending: list[tuple[Attempt, asyncio.Future[None]]] = field(default_factory=list)
     _to_release: list[int] = field(default_factory=list)
     _running: set[int] = field(default_factory=set)
-    _prepared: dict[int, _Prepared] = field(default_factory=dict)
+    _prepared: dict[int, _Prepared] = field(default_factory=dict)  # by blast id
     _in_flight: int = 0
     _relay_failures: int = 0
     _relay_down_until: float = 0.0
@@ -212,12 +212,21 @@ class Worker:
         running = running_blast_ids(session)
         claimed = claim_due_messages(session, worker_id=self.worker_id, now=_now(), limit=limit,
                                      blast_ids=running) if limit else []
-        for release_id in {c.release_id for c in claimed} - self._prepared.keys():
+        # Prepared once per blast (the release is frozen once its blast has started); forgotten
+        # in _claimer when the blast stops running, so a later blast of an edited release, or a
+        # release that failed to prepare, is prepared afresh.
+        for blast_id, release_id in {(c.blast_id, c.release_id) for c in claimed}:
+            if blast_id in self._prepared:
+                continue
             try:
-                self._prepared[release_id] = _Prepared(prepare_release(session, release_id, self.settings))
+                self._prepared[blast_id] = _Prepared(prepare_release(session, release_id, self.settings))
             except (NotFound, RenderError) as exc:
-                log.error("release %s: cannot be prepared: %s", release_id, exc)
-                self._prepared[release_id] = _Prepared(None, f"the release cannot be rendered: {exc}")
+                log.error("blast %s: release %s cannot be prepared: %s", blast_id, release_id, exc)
+                self._prepared[blast_id] = _Prepared(None, f"the release cannot be rendered: {exc}")
+            except Exception as exc:  # a renderer bug fails this blast's rows, never the worker
+                log.exception("blast %s: preparing release %s failed", blast_id, release_id)
+                self._prepared[blast_id] = _Prepared(
+                    None, f"the release cannot be rendered: {type(exc).__name__}: {exc}")
         return running, claimed
 
     async def _renew_leases(self) -> None:
@@ -243,7 +252,11 @@ class Worker:
                 log.exception("worker %s: claiming failed; retrying", self.worker_id)
                 await self._sleep(self.settings.worker_poll_seconds)
                 continue
+            # On the loop, together: a sender checks _running and renders without an await
+            # between, so it never meets a blast whose prepared release was just forgotten.
             self._running = set(running)
+            for blast_id in self._prepared.keys() - self._running:
+                del self._prepared[blast_id]
             for job in claimed:
                 self._queue.put_nowait(job)
             if limit and len(claimed) == limit:
@@ -273,7 +286,7 @@ class Worker:
 
     # ---- senders --------------------------------------------------------------------------
     def _render(self, job: Claimed) -> bytes | str:
-        prepared = self._prepared.get(job.release_id)
+        prepared = self._prepared.get(job.blast_id)
         if prepared is None or prepared.release is None:
             return (prepared.error if prepared else None) or "the release was not prepared"
         try:
@@ -313,6 +326,8 @@ class Worker:
         if isinstance(data, str):
             attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
         else:
+            # Read before the first await: the claimer may forget a paused blast's release.
+            envelope_from = self._prepared[job.blast_id].release.envelope_from  # type: ignore[union-attr]
             domain = job.email.rpartition("@")[2].lower()
             await self._domains.acquire(domain)  # not `async with hold()`: a generator per message
             try:
@@ -320,7 +335,6 @@ class Worker:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await self._rate.wait()
-                envelope_from = self._prepared[job.release_id].release.envelope_from
                 result = await connection.send(envelope_from, job.email, data, before_data=previous,
                                                crlf=True)  # render_bytes writes CRLF only
             finally:

@@ -20,10 +20,12 @@ from .models import (
     BlastEvent,
     BlastStatus,
     Contact,
+    ContactStatus,
     DeliveryLog,
     DeliveryOutcome,
     MessageStatus,
     QueuedMessage,
+    Suppression,
 )
 from .rendering import Recipient
 
@@ -106,15 +108,45 @@ def claim_due_messages(session: Session, *, worker_id: str, now: datetime, limit
     rows = session.execute(
         select(QueuedMessage.id, QueuedMessage.blast_id, Blast.release_id, QueuedMessage.email,
                QueuedMessage.message_id, QueuedMessage.attempts, Contact.id, Contact.civility,
-               Contact.first_name, Contact.last_name, Contact.outlet, Contact.language)
+               Contact.first_name, Contact.last_name, Contact.outlet, Contact.language,
+               Contact.status, Suppression.id)
         .join(Blast, Blast.id == QueuedMessage.blast_id)
         .join(Contact, Contact.id == QueuedMessage.contact_id)
-        .where(QueuedMessage.id.in_(ids)).order_by(QueuedMessage.id))
-    return [Claimed(row_id, blast_id, release_id, email, message_id, attempts, contact_id,
-                    Recipient(email=email, contact_id=contact_id, civility=civility, first_name=first,
-                              last_name=last, outlet=outlet, language=language))
-            for (row_id, blast_id, release_id, email, message_id, attempts, contact_id, civility, first,
-                 last, outlet, language) in rows]
+        .outerjoin(Suppression, Suppression.email_key == Contact.email_key)
+        .where(QueuedMessage.id.in_(ids)).order_by(QueuedMessage.id)).all()
+    claimed, not_mailable = [], []
+    for (row_id, blast_id, release_id, email, message_id, attempts, contact_id, civility, first,
+         last, outlet, language, status, suppression_id) in rows:
+        if status != ContactStatus.active or suppression_id is not None:
+            reason = "suppressed" if suppression_id is not None else status
+            not_mailable.append((row_id, blast_id, attempts, reason))
+            continue
+        claimed.append(Claimed(row_id, blast_id, release_id, email, message_id, attempts, contact_id,
+                               Recipient(email=email, contact_id=contact_id, civility=civility,
+                                         first_name=first, last_name=last, outlet=outlet,
+                                         language=language)))
+    if not_mailable:
+        _drop_not_mailable(session, not_mailable, now=now)
+    return claimed
+
+
+def _drop_not_mailable(session: Session, rows: Sequence[tuple[int, int, int, str]], *,
+                       now: datetime) -> None:
+    """Rows whose contact unsubscribed, bounced or was suppressed after the blast was queued:
+    never sent, failed with the reason (consent wins over a queue that is already built)."""
+    connection = session.connection()
+    replies = {row_id: f"not sent: the contact is {reason} since the blast was queued"
+               for row_id, _blast_id, _attempts, reason in rows}
+    connection.execute(_RECORD_ROW, [
+        {"b_id": row_id, "b_status": str(MessageStatus.failed), "b_attempts": attempts, "b_next": None,
+         "b_code": None, "b_reply": replies[row_id], "b_at": now, "b_sent": None}
+        for row_id, _blast_id, attempts, _reason in rows])
+    connection.execute(_LOG_ATTEMPT, [
+        {"queued_message_id": row_id, "blast_id": blast_id, "attempt": attempts,
+         "outcome": str(DeliveryOutcome.failed), "smtp_code": None, "smtp_reply": replies[row_id],
+         "error_type": "ContactNotMailable", "duration_seconds": None, "at": now}
+        for row_id, blast_id, attempts, _reason in rows])
+    log.info("dropped %d queued messages whose contacts may no longer be mailed", len(rows))
 
 
 def release_claims(session: Session, row_ids: Iterable[int]) -> int:

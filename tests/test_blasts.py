@@ -6,7 +6,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service import blasts
@@ -258,6 +258,50 @@ def test_resend_to_unsent_targets_only_contacts_who_did_not_get_it(db: Session, 
     assert again.resend_of_id == blast.id and again.status == BlastStatus.running
     emails = set(db.scalars(select(QueuedMessage.email).where(QueuedMessage.blast_id == again.id)))
     assert emails == {"j2@example.net", "j3@example.net"}
+
+
+
+def test_resend_clicked_twice_sends_no_second_copy(db: Session, settings: Settings) -> None:
+    """A second resend of the same blast (a double click, an API retry) queues nobody who got the
+    release or is still pending in the first resend."""
+    add_list(db, "presse", 3)
+    release = add_release(db)
+    blast = blasts.create_blast(db, settings, release_id=release.id, list_names=["presse"], now=NOW)
+    first_row = db.scalars(select(QueuedMessage).order_by(QueuedMessage.id)).first()
+    assert first_row is not None
+    first_row.status = MessageStatus.sent
+    db.commit()
+    blasts.cancel_blast(db, blast.id, actor="amal", now=NOW)
+    first = blasts.resend_to_unsent(db, settings, blast.id, actor="amal", now=NOW)
+    db.commit()
+    assert blasts.blast_counts(db, first.id)["queued"] == 2
+    second = blasts.resend_to_unsent(db, settings, blast.id, actor="amal", now=NOW)
+    db.commit()
+    assert blasts.blast_counts(db, second.id)["queued"] == 0, "pending in the first resend"
+    db.execute(update(QueuedMessage).where(QueuedMessage.blast_id == first.id)
+               .values(status=MessageStatus.sent))
+    db.commit()
+    third = blasts.resend_to_unsent(db, settings, blast.id, actor="amal", now=NOW)
+    db.commit()
+    assert blasts.blast_counts(db, third.id)["queued"] == 0, "already sent by the first resend"
+
+
+def test_delivery_log_export_neutralizes_formulas(db: Session, settings: Settings) -> None:
+    """The delivery-log CSV never hands a spreadsheet a formula, even in a relay's reply."""
+    import csv
+    import io
+
+    add_list(db, "presse", 1)
+    release = add_release(db)
+    blast = blasts.create_blast(db, settings, release_id=release.id, list_names=["presse"], now=NOW)
+    row = db.scalars(select(QueuedMessage)).one()
+    row.status, row.last_smtp_code = MessageStatus.failed, 550
+    row.last_smtp_reply = '=HYPERLINK("http://evil.example","x")'
+    db.commit()
+    out = io.StringIO()
+    blasts.export_deliveries_csv(db, blast.id, out)
+    exported = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert exported[0]["last_smtp_reply"] == '\'=HYPERLINK("http://evil.example","x")'
 
 
 def test_cli_creates_shows_pauses_and_exports_a_blast(db: Session, runner) -> None:  # type: ignore[no-untyped-def]

@@ -273,3 +273,41 @@ def test_dead_relay_is_logged_once_and_the_worker_backs_off(db, settings, caplog
     assert len(attempts) <= 8  # backoff: a handful of attempts in 2.5 s, not hundreds
     outages = [r for r in caplog.records if "cannot reach the relay" in r.getMessage()]
     assert len(outages) == 1
+
+
+def test_contacts_who_opt_out_after_queuing_are_never_sent(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """An unsubscribe, a suppression or a bounce elsewhere after the blast was queued wins: those
+    rows fail with the reason and nothing reaches them."""
+    from service import contacts
+
+    blast = start(db, smtp_settings, 4)
+    ids = dict(db.execute(select(Contact.email, Contact.id)).all())
+    contacts.unsubscribe_contact(db, ids["j0@example.net"], now=now())
+    contacts.suppress(db, ["j1@example.net"], reason="asked by phone", now=now())
+    contacts.mark_bounced(db, ids["j2@example.net"], now=now())
+    db.commit()
+    run_worker(smtp_settings, until_idle=True, include_due=False)
+    assert sorted(smtpd.handler.recipient_counts()) == ["j3@example.net"]
+    assert ledger(db, blast.id)["failed"] == 3 and ledger(db, blast.id)["sent"] == 1
+    assert "unsubscribed" in (row(db, "j0@example.net").last_smtp_reply or "")
+    assert "suppressed" in (row(db, "j1@example.net").last_smtp_reply or "")
+    assert "bounced" in (row(db, "j2@example.net").last_smtp_reply or "")
+
+
+def test_a_release_that_cannot_be_prepared_fails_its_rows_not_the_worker(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A release the renderer chokes on (here a sender address with a non-ASCII local part that
+    slipped past validation) fails its own blast's rows; other blasts are still delivered."""
+    from test_blasts import add_list, add_release
+
+    good = start(db, smtp_settings, 2)
+    add_list(db, "autres", 2, start=10)
+    bad_release = add_release(db, title="Adresse d'expéditeur invalide")
+    bad_release.from_email = "josé@example.com"
+    db.commit()
+    bad = blasts.create_blast(db, smtp_settings, release_id=bad_release.id, list_names=["autres"],
+                              now=now())
+    db.commit()
+    run_worker(smtp_settings, until_idle=True, include_due=False)
+    assert ledger(db, good.id)["sent"] == 2
+    assert ledger(db, bad.id)["failed"] == 2
+    assert "cannot be rendered" in (row(db, "j10@example.net").last_smtp_reply or "")
