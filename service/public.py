@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, abort, current_app, render_template, request
+from jinja2 import ChoiceLoader, FileSystemLoader, PrefixLoader
 from werkzeug.wrappers import Response
 
 from .db import utcnow
@@ -14,6 +15,7 @@ from .db_app import current_settings, db_session
 from .email_text import language_of
 from .errors import NotFound
 from .releases import get_release, has_started_blast
+from .rendering import TEMPLATES as EMAIL_TEMPLATES
 from .rendering import release_context
 from .unsubscribe import contact_for_token, token_fingerprint, unsubscribe_by_token
 
@@ -35,6 +37,9 @@ PAGE_TEXT = {
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    # The web version shares blocks with the email templates: they are visible as "email/...".
+    app.jinja_loader = ChoiceLoader([app.jinja_loader,  # type: ignore[list-item]
+                                     PrefixLoader({"email": FileSystemLoader(EMAIL_TEMPLATES)})])
     try:  # the one-click POST comes from a mail provider's server: it cannot carry a CSRF token
         from .forms import csrf
     except ImportError:  # pragma: no cover - CSRF not installed in this build
