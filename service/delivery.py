@@ -92,6 +92,11 @@ class DomainLimiter:
             self._leave(domain, entry[1])
             raise
 
+    def available(self, domain: str) -> bool:
+        """Would `acquire` go through without waiting?"""
+        entry = self._domains.get(domain)
+        return entry is None or not entry[0].locked()
+
     def release(self, domain: str) -> None:
         semaphore, users = self._domains[domain]
         semaphore.release()
@@ -118,6 +123,17 @@ class DomainLimiter:
 class _Prepared:
     release: Any = None
     error: str | None = None
+
+
+@dataclass(slots=True)
+class _Next:
+    """A job a sender took from the queue while sending the one before, so that its envelope
+    could go out behind that message's content (see SmtpConnection.send `then`)."""
+
+    job: Claimed
+    data: bytes | str | None = None  # rendered (or why not), None when not rendered yet
+    envelope_from: str = ""
+    domain_held: bool = False  # its domain slot is taken: its envelope is open
 
 
 @dataclass
@@ -302,46 +318,109 @@ class Worker:
     async def _sender(self) -> None:
         connection = SmtpConnection(self.settings)
         previous: asyncio.Future[None] | None = None  # the recording of this connection's last message
+        carried: _Next | None = None
         try:
-            while (job := await self._queue.get()) is not None:
+            while True:
+                if carried is None:
+                    job = await self._queue.get()
+                    if job is None:
+                        break
+                    self._in_flight += 1
+                else:
+                    job = carried.job
                 if self._queue.qsize() < self.settings.batch_size:
                     self._need_more.set()
                 if job.blast_id not in self._running or self._stopping.is_set():
+                    if carried is not None and carried.domain_held:
+                        self._domains.release(job.email.rpartition("@")[2].lower())
+                        await connection.close()  # its envelope is open: the relay drops it
+                    self._in_flight -= 1
                     self._to_release.append(job.id)
                     self._record_wanted.set()
+                    carried = None
                     continue
-                previous = await self._deliver(connection, job, previous)
+                previous, carried = await self._deliver(connection, job, previous, carried)
             if previous is not None:
                 await previous
         finally:
             await connection.close(polite=True)
 
-    async def _deliver(self, connection: SmtpConnection, job: Claimed,
-                       previous: asyncio.Future[None] | None) -> asyncio.Future[None]:
-        """Render and send one message; returns the future of its recording. The send waits for
-        `previous` before DATA, so at most one accepted message per connection is unrecorded."""
+    def _take_next(self, connection: SmtpConnection) -> _Next | None:
+        """The next job from the queue, taken now and, when it can be, rendered with its domain
+        slot taken so that its envelope follows the current message's content."""
+        if self._queue.empty() or self._rate.interval or self._relay_down_until or self._stopping.is_set():
+            return None
+        job = self._queue.get_nowait()
+        if job is None:  # the end: leave it for the loop
+            self._queue.put_nowait(None)
+            return None
         self._in_flight += 1
-        data = self._render(job)
+        following = _Next(job)
+        prepared = self._prepared.get(job.blast_id)
+        if job.blast_id not in self._running or prepared is None or prepared.release is None:
+            return following
+        following.data = self._render(job)
+        following.envelope_from = prepared.release.envelope_from
+        domain = job.email.rpartition("@")[2].lower()
+        if (isinstance(following.data, bytes) and connection.can_chain(following.envelope_from, job.email)
+                and self._domains.available(domain)):
+            following.domain_held = True
+        return following
+
+    async def _deliver(self, connection: SmtpConnection, job: Claimed, previous: asyncio.Future[None] | None,
+                       carried: _Next | None) -> tuple[asyncio.Future[None], _Next | None]:
+        """Render (unless done already) and send one message; returns the future of its recording
+        and the next job when one was taken along. The send waits for `previous` before DATA,
+        so at most one accepted message per connection is unrecorded."""
+        data = carried.data if carried is not None and carried.data is not None else self._render(job)
+        chained = carried is not None and carried.domain_held
+        following: _Next | None = None
         started = time.perf_counter()
         if isinstance(data, str):
+            if chained:
+                self._domains.release(job.email.rpartition("@")[2].lower())
+                await connection.close()
             attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
         else:
             # Read before the first await: the claimer may forget a paused blast's release.
             envelope_from = self._prepared[job.blast_id].release.envelope_from  # type: ignore[union-attr]
             domain = job.email.rpartition("@")[2].lower()
-            await self._domains.acquire(domain)  # not `async with hold()`: a generator per message
+            if not chained:
+                await self._domains.acquire(domain)  # not `async with hold()`: a generator per message
             try:
-                delay = self._relay_down_until - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await self._rate.wait()
+                if not chained:
+                    delay = self._relay_down_until - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await self._rate.wait()
+                following = self._take_next(connection)
+                then = None
+                if following is not None and following.domain_held:
+                    # Checked by _take_next with no await since: goes through without waiting.
+                    await self._domains.acquire(following.job.email.rpartition("@")[2].lower())
+                    then = (following.envelope_from, following.job.email, len(following.data))  # type: ignore[arg-type]
                 result = await connection.send(envelope_from, job.email, data, before_data=previous,
-                                               crlf=True)  # render_bytes writes CRLF only
+                                               crlf=True, then=then)  # render_bytes writes CRLF only
             finally:
                 self._domains.release(domain)
             self._note_relay(result.relay_down, result.smtp_reply)
             attempt = self._attempt(job, result.outcome, result.smtp_code, result.smtp_reply,
                                     result.error_type, time.perf_counter() - started)
+            if following is not None and following.domain_held and not connection.is_open_for(
+                    following.envelope_from, following.job.email):
+                # Its envelope was refused (a result of its own) or not tried (sent afresh next).
+                self._domains.release(following.job.email.rpartition("@")[2].lower())
+                following.domain_held = False
+                refused = connection.then_result
+                if refused is not None:
+                    self._queue_attempt(self._attempt(
+                        following.job, refused.outcome, refused.smtp_code, refused.smtp_reply,
+                        refused.error_type, None))
+                    following = None
+        return self._queue_attempt(attempt), following
+
+    def _queue_attempt(self, attempt: Attempt) -> asyncio.Future[None]:
+        """Hand a result to the recorder; the future is done once it is committed."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.add_done_callback(self._landed)
         self._pending.append((attempt, done))

@@ -35,13 +35,15 @@ def _serializer(settings: Settings) -> URLSafeSerializer:
 
 
 class TokenMaker:
-    """Signs tokens the way URLSafeSerializer.dumps does, with the key derived once: the worker
-    makes one per message, and itsdangerous re-derives the key on every call (~30 µs)."""
+    """Signs tokens exactly as URLSafeSerializer.dumps does, faster: the worker makes one per
+    message. The key is derived once (itsdangerous re-derives it on every call, ~30 µs), the HMAC
+    is OpenSSL's one-shot `hmac.digest` (itsdangerous passes a Python wrapper around sha1, which
+    sends `hmac.new` down its pure-Python path), and an int pair is written without json."""
 
     def __init__(self, settings: Settings) -> None:
         signer = _serializer(settings).make_signer(SALT)
         self._key = signer.derive_key()
-        self._digest = signer.digest_method
+        self._digest_name = signer.digest_method().name  # "sha1"
         self.base_url = settings.base_url.rstrip("/")
 
     def token(self, contact_id: int | None, blast_id: int | None = None,
@@ -49,9 +51,12 @@ class TokenMaker:
         who: int | str | None = contact_id if contact_id is not None else email
         if who is None:
             raise ValueError("an unsubscribe token needs a contact id or an address")
-        payload = base64_encode(json.dumps([who, blast_id], separators=(",", ":"),
-                                           ensure_ascii=False).encode())
-        signature = base64_encode(hmac.new(self._key, payload, self._digest).digest())
+        if type(who) is int and (blast_id is None or type(blast_id) is int):
+            data = f"[{who},{'null' if blast_id is None else blast_id}]".encode()  # = json.dumps
+        else:
+            data = json.dumps([who, blast_id], separators=(",", ":"), ensure_ascii=False).encode()
+        payload = base64_encode(data)
+        signature = base64_encode(hmac.digest(self._key, payload, self._digest_name))
         return (payload + b"." + signature).decode("ascii")
 
     def url(self, token: str) -> str:

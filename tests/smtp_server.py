@@ -45,6 +45,7 @@ class RecordingHandler:
         self.connections = 0
         self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.pipelined_count = 0  # RCPTs that arrived with the DATA command already written behind
+        self.chained_count = 0  # contents that arrived with the next MAIL already written behind
         self.lock = threading.Lock()
 
     def fail(self, address: str, code: int, reply: str, times: int | None = None,
@@ -84,6 +85,10 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        waiting = getattr(getattr(server, "_reader", None), "_buffer", b"")
+        if bytes(waiting[:10]).upper().startswith(b"MAIL FROM:"):
+            with self.lock:
+                self.chained_count += 1
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         for address in envelope.rcpt_tos:

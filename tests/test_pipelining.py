@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from aiosmtplib.email import quote_address
 from smtp_server import SmtpServer, start_smtp_server
-from test_delivery import ledger, row, start
+from test_delivery import ledger, logs, row, start
 from test_delivery import (
     test_connection_dropped_during_data_is_deferred_then_sent as test_connection_dropped_during_data_is_deferred_then_sent,  # noqa: E501
 )
@@ -159,3 +159,53 @@ def test_rendered_messages_end_every_line_with_crlf(db, settings, sample) -> Non
         raw = prepared.render_bytes(recipient, message_id="<m@x.org>", now=NOW, blast_id=1)
         crlf = raw.count(b"\r\n")
         assert raw.endswith(b"\r\n") and raw.count(b"\n") == crlf and raw.count(b"\r") == crlf
+
+
+def test_next_envelope_rides_behind_the_content(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """One connection: after the first message, each MAIL arrives written behind the previous
+    message's final dot, and every message still arrives whole, once, with its own Message-ID."""
+    settings = dataclasses.replace(smtp_settings, smtp_connections=1, batch_size=30)
+    blast = start(db, settings, 30)
+    run_worker(settings, until_idle=True, include_due=False)
+    assert ledger(db, blast.id)["sent"] == 30
+    assert smtpd.handler.connections == 1 and smtpd.handler.chained_count >= 25
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 30
+    for number in (0, 13, 29):
+        address = f"j{number}@example.net"
+        message = smtpd.handler.received_by(address)[0].message()
+        assert message["Message-ID"] == row(db, address).message_id and message["To"].endswith(f"<{address}>")
+        assert b"MAIL FROM" not in smtpd.handler.received_by(address)[0].data
+
+
+def test_refused_chained_envelopes_are_recorded_and_the_chain_goes_on(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """Refusals of an envelope written behind another message's content land on the right rows:
+    550 5.1.1 bounces, 451 at RCPT and at DATA defer then send; nobody gets a second copy and the
+    connection survives them all."""
+    smtpd.handler.fail("j4@example.net", 550, "5.1.1 No such user")
+    smtpd.handler.fail("j8@example.net", 451, "4.3.0 Try later", times=1)
+    smtpd.handler.fail("j11@example.net", 451, "4.3.0 Queue full", times=1, at="data")
+    settings = dataclasses.replace(smtp_settings, smtp_connections=1, batch_size=20)
+    blast = start(db, settings, 20)
+    run_worker(settings, until_idle=True, include_due=False)
+    assert {status: n for status, n in ledger(db, blast.id).items() if n} == {"sent": 19, "bounced": 1}
+    assert row(db, "j4@example.net").last_smtp_code == 550
+    for address in ("j8@example.net", "j11@example.net"):
+        assert [(e.outcome, e.smtp_code) for e in logs(db, address)] == [("deferred", 451), ("sent", 250)]
+    counts = smtpd.handler.recipient_counts()
+    assert "j4@example.net" not in counts and sorted(counts.values()) == [1] * 19
+    assert smtpd.handler.connections == 1 and smtpd.handler.chained_count >= 10
+
+
+def test_connection_lost_behind_a_chained_envelope_sends_the_next_afresh(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """The relay drops the connection at one message's content: that message is deferred (no
+    reply, maybe delivered), the one whose envelope rode behind it was never tried and goes out
+    on a new connection; everyone ends with exactly one copy."""
+    smtpd.handler.fail("j6@example.net", 421, "dropped", times=1, at="drop")
+    settings = dataclasses.replace(smtp_settings, smtp_connections=1, batch_size=15)
+    blast = start(db, settings, 15)
+    run_worker(settings, until_idle=True, include_due=False)
+    assert ledger(db, blast.id)["sent"] == 15
+    assert [e.outcome for e in logs(db, "j6@example.net")] == ["deferred", "sent"]
+    assert [e.outcome for e in logs(db, "j7@example.net")] == ["sent"]
+    assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 15
+    assert smtpd.handler.connections == 2
