@@ -14,7 +14,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application factory (also the gunicorn entry point: `service:create_app()`)."""
     from flask import Flask
 
-    from . import api, db_app, logs, ops, public, web, webhook
+    from . import api, db_app, ops, public, request_log, web, webhook
 
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=None)
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
     )
-    logs.init_app(app, settings)
+    request_log.init_app(app, settings)
     db_app.init_app(app, settings)
     public.init_app(app)
     web.init_app(app)

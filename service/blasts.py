@@ -15,7 +15,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
-from .contacts import neutralize_formula
 from .db import session_scope
 from .errors import Conflict, FieldError, NotFound, ValidationError
 from .events import EventType, record_event
@@ -427,6 +426,8 @@ def list_deliveries(session: Session, blast_id: int, *, status: str | None = Non
 
 def export_deliveries_csv(session: Session, blast_id: int, out: IO[str], *, status: str | None = None) -> int:
     """Write the ledger rows as CSV (streamed in pages, never the whole blast in memory)."""
+    from .contacts import neutralize_formula  # here: workers do not need the contact stack
+
     writer = csv.writer(out)
     writer.writerow(["email", "contact_id", "status", "attempts", "last_smtp_code", "last_smtp_reply",
                      "message_id", "sent_at", "next_attempt_at"])
@@ -444,19 +445,6 @@ def export_deliveries_csv(session: Session, blast_id: int, out: IO[str], *, stat
         offset += len(page)
         session.expunge_all()
     return written
-
-
-def has_pending_work(session: Session, *, now: datetime, include_due: bool = True) -> bool:
-    """True while a running blast has rows queued, sending or deferred, or (with include_due) a
-    scheduled blast is due."""
-    pending = session.scalar(select(QueuedMessage.id).join(Blast, Blast.id == QueuedMessage.blast_id).where(
-        Blast.status == BlastStatus.running, QueuedMessage.status.in_(PENDING)).limit(1))
-    if pending is not None:
-        return True
-    if include_due:
-        return session.scalar(select(Blast.id).where(and_(Blast.status == BlastStatus.scheduled,
-                                                          Blast.send_at <= now)).limit(1)) is not None
-    return False
 
 
 # ---- test sends -----------------------------------------------------------------------------

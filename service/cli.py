@@ -67,7 +67,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 # The module in service/commands/ that registers each command. Only the module a command needs is
 # imported: `communique worker` does not pay for the web stack (about 0.9 s of every start).
 # A module not listed here is imported eagerly, as before.
-COMMAND_MODULES = {"api-keys": "api_keys", "blasts": "blasts", "worker": "blasts",
+COMMAND_MODULES = {"api-keys": "api_keys", "blasts": "blasts", "worker": "worker",
                    "contacts": "contacts", "lists": "contacts", "releases": "releases",
                    "preview": "releases", "serve": "serve", "users": "users", "webhook": "webhook"}
 

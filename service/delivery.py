@@ -27,7 +27,6 @@ from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .blasts import has_pending_work
 from .config import Settings
 from .db import make_engine, make_session_factory, session_scope
 from .errors import NotFound, RenderError
@@ -35,6 +34,7 @@ from .ledger import (
     Attempt,
     Claimed,
     claim_due_messages,
+    has_pending_work,
     housekeep,
     pause_on_error_rate,
     record_attempts,

@@ -13,7 +13,6 @@ from sqlalchemy import Table, and_, any_, bindparam, exists, func, insert, selec
 from sqlalchemy.orm import Session
 
 from .config import Settings
-from .contacts import mark_bounced
 from .events import EventType, record_event
 from .models import (
     Blast,
@@ -255,8 +254,11 @@ def record_attempts(session: Session, settings: Settings, attempts: Sequence[Att
     else:
         connection.execute(_RECORD_ROW, updates)
         connection.execute(_LOG_ATTEMPT, logs)
-    for a in attempts:
-        if a.outcome == DeliveryOutcome.bounced:
+    bounced = [a for a in attempts if a.outcome == DeliveryOutcome.bounced]
+    if bounced:
+        from .contacts import mark_bounced  # here: the worker rarely needs the contact stack
+
+        for a in bounced:
             mark_bounced(session, a.contact_id, now=a.at)
 
 
@@ -349,3 +351,16 @@ def housekeep(session: Session, settings: Settings, *, now: datetime) -> None:
     release_stale_claims(session, settings, now=now)
     stop_overdue_blasts(session, now=now)
     finish_done_blasts(session, now=now)
+
+
+def has_pending_work(session: Session, *, now: datetime, include_due: bool = True) -> bool:
+    """True while a running blast has rows queued, sending or deferred, or (with include_due) a
+    scheduled blast is due."""
+    pending = session.scalar(select(QueuedMessage.id).join(Blast, Blast.id == QueuedMessage.blast_id).where(
+        Blast.status == BlastStatus.running, QueuedMessage.status.in_(PENDING)).limit(1))
+    if pending is not None:
+        return True
+    if include_due:
+        return session.scalar(select(Blast.id).where(and_(Blast.status == BlastStatus.scheduled,
+                                                          Blast.send_at <= now)).limit(1)) is not None
+    return False

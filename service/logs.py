@@ -13,15 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-import uuid
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import IO, Any
-
-from flask import Flask, Response, g, request
 
 from .config import Settings
 
@@ -29,7 +25,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT_FIELDS = ("request_id", "blast_id", "delivery_id")
 REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MASK = "***"
 
 _context: ContextVar[Mapping[str, Any]] = ContextVar("communique_log_context",
@@ -131,39 +127,3 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     return handler
-
-
-def _start_request() -> None:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    g.request_started = time.perf_counter()
-    g.request_log_token = _context.set({**_context.get(), "request_id": g.request_id})
-
-
-def _finish_request(response: Response) -> Response:
-    request_id = g.get("request_id")
-    if request_id is None:
-        return response
-    response.headers[REQUEST_ID_HEADER] = request_id
-    # The endpoint name, not the path: paths carry unsubscribe tokens.
-    level = logging.DEBUG if request.blueprint == "ops" else logging.INFO
-    log.log(level, "request %s %s %d %.1f ms", request.method, request.endpoint or "-",
-            response.status_code, (time.perf_counter() - g.request_started) * 1000)
-    return response
-
-
-def _end_request(_exc: BaseException | None) -> None:
-    token = g.pop("request_log_token", None)
-    if token is not None:
-        try:
-            _context.reset(token)
-        except ValueError:  # torn down from another context (a preserved test-client context)
-            _context.set(MappingProxyType({}))
-
-
-def init_app(app: Flask, settings: Settings) -> None:
-    if not app.testing:
-        configure_logging(settings)
-    app.before_request(_start_request)
-    app.after_request(_finish_request)
-    app.teardown_request(_end_request)

@@ -1,4 +1,4 @@
-"""`communique blasts create|list|show|pause|resume|cancel|deliveries` and `communique worker`."""
+"""`communique blasts create|list|show|pause|resume|cancel|deliveries`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ ACTOR = "cli"
 
 def register(main: click.Group) -> None:
     main.add_command(blasts)
-    main.add_command(worker)
 
 
 def _parse_time(value: str | None, context: Context, field: str) -> datetime | None:
@@ -143,24 +142,3 @@ def deliveries(context: Context, blast_id: int, status: str | None, as_csv: bool
     lines = [f"{r['status']:<9} {r['attempts']:>2}  {r['email']}  {r['smtp_code'] or ''} "
              f"{r['smtp_reply'] or ''}" for r in rows]
     emit(rows, as_json, "\n".join(lines) or "no deliveries")
-
-
-@click.command()
-@click.option("--until-idle", is_flag=True, help="Exit when nothing is queued, sending, deferred or due.")
-@click.option("--no-scheduler", is_flag=True, help="Do not start due blasts (another process does).")
-@pass_context
-def worker(context: Context, until_idle: bool, no_scheduler: bool) -> None:
-    """Send queued messages (and, unless --no-scheduler, start due blasts)."""
-    from ..delivery import run_worker
-    from ..logs import configure_logging
-    from ..scheduler import start_scheduler
-
-    settings = context.settings
-    configure_logging(settings)
-    scheduler = None if no_scheduler else start_scheduler(context.session_factory, settings)
-    try:
-        result = run_worker(settings, until_idle=until_idle, include_due=not no_scheduler)
-    finally:
-        if scheduler is not None:
-            scheduler.shutdown(wait=True)
-    click.echo(f"worker stopped: {result.attempt_count} attempts, {result.sent_count} sent", err=True)

@@ -1,0 +1,33 @@
+"""`communique worker`: its own module, so that starting a worker imports only what sending
+needs (the delivery engine, not the contact or web stacks)."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import Context, pass_context
+
+
+def register(main: click.Group) -> None:
+    main.add_command(worker)
+
+
+@click.command()
+@click.option("--until-idle", is_flag=True, help="Exit when nothing is queued, sending, deferred or due.")
+@click.option("--no-scheduler", is_flag=True, help="Do not start due blasts (another process does).")
+@pass_context
+def worker(context: Context, until_idle: bool, no_scheduler: bool) -> None:
+    """Send queued messages (and, unless --no-scheduler, start due blasts)."""
+    from ..delivery import run_worker
+    from ..logs import configure_logging
+    from ..scheduler import start_scheduler
+
+    settings = context.settings
+    configure_logging(settings)
+    scheduler = None if no_scheduler else start_scheduler(context.session_factory, settings)
+    try:
+        result = run_worker(settings, until_idle=until_idle, include_due=not no_scheduler)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+    click.echo(f"worker stopped: {result.attempt_count} attempts, {result.sent_count} sent", err=True)
