@@ -44,6 +44,7 @@ class Result:
     sent: int
     cpu_seconds: float = 0.0  # user + system time of all workers
     sys_seconds: float = 0.0  # of which system time
+    busy_cores: float = 0.0  # the whole machine while the workers ran (workers, database, sink, …)
 
     @property
     def seconds(self) -> float:
@@ -125,10 +126,23 @@ def _count_sent(database_url: str) -> int:
         engine.dispose()
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _run_workers(env: dict[str, str], cwd: Path, processes: int,
-                 timeout: float) -> tuple[float, float, float, float]:
+                 timeout: float) -> tuple[float, float, float, float, float]:
     """Start `processes` x `communique worker --until-idle`; seconds until the last exits, the
-    largest peak RSS (os.wait4 gives each child's own ru_maxrss), their CPU and system seconds."""
+    largest peak RSS (os.wait4 gives each child's own ru_maxrss), their CPU and system seconds,
+    and how many of the machine's cores were busy meanwhile (everything on it, not only ours)."""
+    ticks_before = _cpu_ticks()
     started = time.perf_counter()
     children = [subprocess.Popen([COMMUNIQUE, "worker", "--until-idle"], env=env, cwd=cwd,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -160,7 +174,9 @@ def _run_workers(env: dict[str, str], cwd: Path, processes: int,
                 child.stderr.close()
     if failures:
         raise NotAvailable(f"`communique worker --until-idle`: {failures[0]}")
-    return time.perf_counter() - started, peak_kb / 1024, cpu, system
+    busy, total = (after - before for after, before in zip(_cpu_ticks(), ticks_before, strict=True))
+    busy_cores = busy / total * (os.cpu_count() or 1) if total else 0.0
+    return time.perf_counter() - started, peak_kb / 1024, cpu, system, busy_cores
 
 
 def prepare_blast(database_url: str, folder: Path, port: int, count: int,
@@ -185,11 +201,11 @@ def prepare_blast(database_url: str, folder: Path, port: int, count: int,
 def _blast(database_url: str, folder: Path, port: int, count: int, workers: int,
            timeout: float, extra_env: dict[str, str] | None = None) -> Result:
     env, create_seconds = prepare_blast(database_url, folder, port, count, extra_env)
-    worker_seconds, peak, cpu, system = _run_workers(env, folder, workers, timeout)
+    worker_seconds, peak, cpu, system, busy_cores = _run_workers(env, folder, workers, timeout)
     sent = _count_sent(database_url)
     if sent != count:
         raise NotAvailable(f"worker exited with {sent} of {count} messages sent")
-    return Result(count, create_seconds, worker_seconds, peak, sent, cpu, system)
+    return Result(count, create_seconds, worker_seconds, peak, sent, cpu, system, busy_cores)
 
 
 def sqlite_blast(port: int, count: int, timeout: float = 300,

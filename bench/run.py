@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
                 row.add(result.messages / result.seconds,
                         worker_rate=result.messages / result.worker_seconds,
                         peak_rss_mb=result.peak_rss_mb, create_seconds=result.create_seconds,
-                        cpu_us=result.cpu_seconds / result.messages * 1e6)
+                        cpu_us=result.cpu_seconds / result.messages * 1e6,
+                        busy_cores=result.busy_cores)
 
             _attempt(rows["sqlite"], lambda: blast(rows["sqlite"], endtoend.sqlite_blast(
                 sink.port, n, budget)))
@@ -200,7 +201,8 @@ def table(rows: dict[str, Row], runs: int) -> str:
         notes = [row.note] if row.note else []
         if row.median_of("worker_rate") is not None:
             notes.append(f"worker alone {row.median_of('worker_rate'):,.0f} msgs/s, "
-                         f"worker CPU {row.median_of('cpu_us'):,.0f} µs/msg")
+                         f"worker CPU {row.median_of('cpu_us'):,.0f} µs/msg, "
+                         f"machine {row.median_of('busy_cores') or 0:.2f} of {os.cpu_count()} cores busy")
         if row.median_of("p95") is not None:
             notes.append(f"p95 {row.median_of('p95'):.2f} ms")
         if row.problem:
@@ -230,6 +232,12 @@ def ratios(rows: dict[str, Row]) -> str:
         if a_alone:
             line += f", {a_alone / (b_alone or b):.2f} worker alone"
         lines.append(line + f" (target {target})")
+    busy = median("postgres1", "busy_cores")
+    if busy:
+        # Two workers can use at most every core: if one worker (with its database backends, the
+        # sink and the kernel) already keeps `busy` cores busy, two cannot go faster than this.
+        lines.append(f"- bound on 2 workers / 1 worker on this machine: {os.cpu_count()} cores / "
+                     f"{busy:.2f} cores busy with 1 worker (PostgreSQL) = {(os.cpu_count() or 1) / busy:.2f}")
     return "\n".join(lines)
 
 
