@@ -308,7 +308,7 @@ class Worker:
         try:
             return bytes(prepared.release.render_bytes(job.recipient,
                                                        message_id=job.message_id, now=_now(),
-                                                       blast_id=job.blast_id))
+                                                       blast_id=job.blast_id, wire=True))
         except RenderError as exc:
             return f"render error: {exc}"
         except Exception as exc:  # a renderer bug must fail this row only, not the whole worker
@@ -400,7 +400,7 @@ class Worker:
                     await self._domains.acquire(following.job.email.rpartition("@")[2].lower())
                     then = (following.envelope_from, following.job.email, len(following.data))  # type: ignore[arg-type]
                 result = await connection.send(envelope_from, job.email, data, before_data=previous,
-                                               crlf=True, then=then)  # render_bytes writes CRLF only
+                                               wire=True, then=then)  # the DATA form, see _render
             finally:
                 self._domains.release(domain)
             self._note_relay(result.relay_down, result.smtp_reply)

@@ -154,7 +154,11 @@ def attachment_part(filename: str, content_type: str, data: bytes) -> bytes:
 @dataclass
 class Skeleton:
     """One variant's message: `head` is everything between the personal headers and the body
-    pieces; `pieces` alternate encoded static bytes and Holes."""
+    pieces; `pieces` alternate encoded static bytes and Holes.
+
+    `build(wire=True)` gives the message as it goes after SMTP DATA: lines starting with "." get
+    another "." (RFC 5321 4.5.2) and the final ".\r\n" is added. The static bytes are stuffed once
+    here, so only the few personal lines are looked at per message, not the whole ~11 KB."""
 
     from_line: bytes
     subject_line: bytes
@@ -163,22 +167,43 @@ class Skeleton:
     mailto: bytes  # ">, <mailto:...>" closing List-Unsubscribe
     tail: list[bytes | Hole]  # remaining headers, blank line, all the parts
 
+    def __post_init__(self) -> None:
+        # Every line of a header value after the first starts with a space, and every tail piece
+        # starts a line (the piece before it, static or personal, ends with CRLF).
+        self._wire = (dot_stuff(self.from_line), dot_stuff(self.subject_line),
+                      dot_stuff(self.test_subject_line), dot_stuff(self.middle_headers),
+                      self.mailto.replace(b"\n.", b"\n.."),
+                      [dot_stuff(piece) if isinstance(piece, bytes) else piece for piece in self.tail])
+
     def build(self, *, to: str, date: str, message_id: str, unsubscribe_url: str, test: bool,
-              values: Mapping[str, str], html_values: Mapping[str, str]) -> bytes:
-        out = [b"Date: ", date.encode("ascii"), CRLF, self.from_line,
+              values: Mapping[str, str], html_values: Mapping[str, str], wire: bool = False) -> bytes:
+        from_line, subject_line, test_subject_line, middle_headers, mailto, tail = (
+            self._wire if wire else (self.from_line, self.subject_line, self.test_subject_line,
+                                     self.middle_headers, self.mailto, self.tail))
+        out = [b"Date: ", date.encode("ascii"), CRLF, from_line,
                b"To: ", to.encode("ascii"), CRLF,
-               self.test_subject_line if test else self.subject_line,
-               b"Message-ID: ", message_id.encode("ascii"), CRLF, self.middle_headers,
-               b"List-Unsubscribe: <", unsubscribe_url.encode("ascii"), self.mailto]
-        for piece in self.tail:
+               test_subject_line if test else subject_line,
+               b"Message-ID: ", message_id.encode("ascii"), CRLF, middle_headers,
+               b"List-Unsubscribe: <", unsubscribe_url.encode("ascii"), mailto]
+        for piece in tail:
             if isinstance(piece, bytes):
                 out.append(piece)
             else:
                 chosen = html_values if piece.html else values
                 parts = piece.parts
-                out.append(qp("".join(part if index % 2 == 0 else chosen[part]
-                                      for index, part in enumerate(parts)) + "\n"))
+                line = qp("".join(part if index % 2 == 0 else chosen[part]
+                                  for index, part in enumerate(parts)) + "\n")
+                out.append(dot_stuff(line) if wire else line)
+        if wire:
+            out.append(b".\r\n")
         return b"".join(out)
+
+
+def dot_stuff(lines: bytes) -> bytes:
+    """RFC 5321 4.5.2 for bytes that start a line: "." doubled at the start of every line."""
+    if lines.startswith(b"."):
+        lines = b"." + lines
+    return lines.replace(b"\n.", b"\n..") if b"\n." in lines else lines
 
 
 def assemble_tail(*, static_headers: bytes, text_pieces: list[bytes | Hole],

@@ -133,16 +133,21 @@ class PreparedRelease:
         return values, url
 
     def render_bytes(self, recipient: Recipient, *, message_id: str, now: datetime,
-                     test: bool = False, blast_id: int | None = None) -> bytes:
+                     test: bool = False, blast_id: int | None = None, wire: bool = False) -> bytes:
+        """The message; with `wire`, as it goes after SMTP DATA (dot-stuffed, ending ".\r\n")."""
         variant = self.variant_for(recipient)
         values, url = self._personal(recipient, variant, blast_id)
         _check_message_id(message_id)
+        dkim = self.dkim
         raw = variant.skeleton.build(
             to=mime.format_address(recipient.full_name, recipient.email),
             date=_date_header(now), message_id=message_id, unsubscribe_url=url, test=test,
-            values=values, html_values={k: html.escape(v) for k, v in values.items()})
-        if self.dkim is not None:
-            raw = _dkim_sign(raw, *self.dkim)
+            values=values, html_values={k: html.escape(v) for k, v in values.items()},
+            wire=wire and dkim is None)
+        if dkim is not None:
+            raw = _dkim_sign(raw, *dkim)  # the signature covers the message, not its wire form
+            if wire:
+                raw = mime.dot_stuff(raw) + b".\r\n"
         return raw
 
     def render(self, recipient: Recipient, *, message_id: str, now: datetime,

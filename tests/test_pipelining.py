@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import pytest
 from aiosmtplib.email import quote_address
@@ -39,6 +41,7 @@ from test_worker_crash import (
 
 from service.delivery import run_worker
 from service.models import MessageStatus
+from service.rendering import Recipient
 from service.smtp_pool import _SIMPLE_ADDRESS, SmtpConnection
 
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)
@@ -209,3 +212,33 @@ def test_connection_lost_behind_a_chained_envelope_sends_the_next_afresh(db, smt
     assert [e.outcome for e in logs(db, "j7@example.net")] == ["sent"]
     assert sorted(smtpd.handler.recipient_counts().values()) == [1] * 15
     assert smtpd.handler.connections == 2
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-command-at-a-time"])
+def test_lines_starting_with_a_dot_arrive_as_written(db, smtp_settings, smtpd, pipelining) -> None:  # type: ignore[no-untyped-def]
+    """The worker sends the DATA form built by the renderer (dot-stuffed once, ended with ".");
+    the server reads back exactly the message the preview shows, with or without PIPELINING."""
+    from sqlalchemy import select
+
+    from service.models import Contact, Release
+    from service.rendering import prepare_release
+
+    smtpd.handler.pipelining = pipelining
+    settings = dataclasses.replace(smtp_settings, smtp_connections=1)
+    blast = start(db, settings, 3, last_name="Nom" + "." * 120)
+    release = db.get(Release, blast.release_id)
+    release.body = "Casablanca :\n\n.ma et .com en début de ligne.\n\n..deux points.\n"
+    db.commit()
+    run_worker(settings, until_idle=True, include_due=False)
+    assert ledger(db, blast.id)["sent"] == 3
+    prepared = prepare_release(db, blast.release_id, settings)
+    for address in ("j0@example.net", "j2@example.net"):
+        received = smtpd.handler.received_by(address)[0]
+        message = received.message()
+        contact = db.scalar(select(Contact).where(Contact.email == address))
+        expected = prepared.render_bytes(Recipient.from_contact(contact), message_id=message["Message-ID"],
+                                         now=parsedate_to_datetime(message["Date"]), blast_id=blast.id)
+        boundary = re.compile(rb"===============_cq_[0-9a-f]+==")  # new at each preparation
+        assert boundary.sub(b"B", received.data) == boundary.sub(b"B", expected)
+    text = smtpd.handler.received_by("j1@example.net")[0].message().get_body(("plain",)).get_content()
+    assert "\n.ma et .com en début de ligne." in text and "\n..deux points." in text

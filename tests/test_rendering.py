@@ -325,3 +325,37 @@ def test_ascii_address_refuses_non_ascii_part_before_the_at() -> None:
     with pytest.raises(RenderError, match="part before @ must be ASCII"):
         ascii_address("josé@x.example")
     assert ascii_address("presse@médias.example") == "presse@xn--mdias-bsa.example"
+
+
+def test_wire_form_is_the_message_dot_stuffed_and_ended(db: Session, settings: Settings,
+                                                         tmp_path: Path) -> None:
+    """render_bytes(wire=True), what the worker writes after DATA, is exactly what aiosmtplib
+    would write for render_bytes(): every line that starts with "." gets another, then ".\\r\\n".
+    Dots in the static body, in a personal line that quoted-printable wraps, and with DKIM on;
+    and the message reads back from its wire form unchanged."""
+    import subprocess
+
+    from service.smtp_pool import _unstuff
+
+    path = tmp_path / "points.md"
+    path.write_text(TASK_FORCE.read_text(encoding="utf-8")
+                    + "\n\n.ma et .com : une ligne qui commence par un point.\n\n..et deux.\n",
+                    encoding="utf-8")
+    dotted = Recipient(email="k@example.org", contact_id=5, first_name="Karim",
+                       last_name="B" + "." * 150, language="fr")
+    key_path = tmp_path / "dkim.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(key_path), "2048"], check=True, timeout=60,
+                   capture_output=True)
+    signed = Settings(**{**settings.__dict__, "dkim_selector": "press",
+                         "dkim_private_key_path": str(key_path)})
+    for config in (settings, signed):
+        prepared = prepare_release(db, _import(db, config, path), config)
+        for recipient in (ELODIE, dotted):
+            raw = prepared.render_bytes(recipient, message_id="<w@x.org>", now=NOW, blast_id=3)
+            wire = prepared.render_bytes(recipient, message_id="<w@x.org>", now=NOW, blast_id=3,
+                                         wire=True)
+            assert wire == re.sub(rb"(?m)^\.", b"..", raw) + b".\r\n"
+            assert _unstuff(wire) == raw
+        assert b"\r\n..ma et .com" in wire and b"\r\n...et deux." in wire
+        personal = [line for line in raw.split(b"\r\n") if line.startswith(b".") and b"Karim" not in line]
+        assert any(set(line.rstrip(b"=,")) == {ord(".")} for line in personal)  # a wrapped name line
