@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -147,9 +148,16 @@ class Worker:
     sent_count: int = 0
     attempt_count: int = 0
     _queue: asyncio.Queue[Claimed | None] = field(default_factory=asyncio.Queue)
-    _pending: list[tuple[Attempt, asyncio.Future[None]]] = field(default_factory=list)
+    _pending: list[Attempt] = field(default_factory=list)  # results not yet handed to the recorder
+    _pending_done: asyncio.Future[None] | None = None  # done when those are committed
     _to_release: list[int] = field(default_factory=list)
     _running: set[int] = field(default_factory=set)
+    # The brake: per blast, whether each of its last `error_window` results here was bad. When
+    # too many are, the blast stops here at once (`_braked`), without waiting for the recorder to
+    # pause it in the database: against a fast relay that refuses everything, hundreds of
+    # journalists would otherwise fail in the meantime.
+    _recent: dict[int, deque[bool]] = field(default_factory=dict)
+    _braked: dict[int, Attempt] = field(default_factory=dict)  # blast id: the attempt that braked it
     _prepared: dict[int, _Prepared] = field(default_factory=dict)  # by blast id
     _in_flight: int = 0
     _relay_failures: int = 0
@@ -270,7 +278,7 @@ class Worker:
                 continue
             # On the loop, together: a sender checks _running and renders without an await
             # between, so it never meets a blast whose prepared release was just forgotten.
-            self._running = set(running)
+            self._running = set(running) - self._braked.keys()
             for blast_id in self._prepared.keys() - self._running:
                 del self._prepared[blast_id]
             for job in claimed:
@@ -420,15 +428,23 @@ class Worker:
         return self._queue_attempt(attempt), following
 
     def _queue_attempt(self, attempt: Attempt) -> asyncio.Future[None]:
-        """Hand a result to the recorder; the future is done once it is committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.add_done_callback(self._landed)
-        self._pending.append((attempt, done))
+        """Hand a result to the recorder; the future (one per group commit, shared by all its
+        results) is done once it is committed."""
+        if self._pending_done is None:
+            self._pending_done = asyncio.get_running_loop().create_future()
+        self._pending.append(attempt)
+        recent = self._recent.get(attempt.blast_id)
+        if recent is None:
+            recent = self._recent[attempt.blast_id] = deque(maxlen=self.settings.error_window)
+        recent.append(attempt.outcome in (DeliveryOutcome.failed, DeliveryOutcome.deferred))
+        if (len(recent) == recent.maxlen and attempt.blast_id in self._running
+                and sum(recent) >= self.settings.error_pause_threshold * len(recent)):
+            log.warning("worker %s: blast %s: %d of the last %d attempts failed, holding it until "
+                        "they are recorded", self.worker_id, attempt.blast_id, sum(recent), len(recent))
+            self._running.discard(attempt.blast_id)
+            self._braked[attempt.blast_id] = attempt
         self._record_wanted.set()
-        return done
-
-    def _landed(self, _done: asyncio.Future[None]) -> None:
-        self._in_flight -= 1
+        return self._pending_done
 
     def _attempt(self, job: Claimed, outcome: DeliveryOutcome, code: int | None, reply: str | None,
                  error_type: str | None, duration: float | None) -> Attempt:
@@ -460,24 +476,36 @@ class Worker:
         while True:
             await self._record_wanted.wait()
             self._record_wanted.clear()
-            batch, self._pending = self._pending, []
+            attempts, self._pending = self._pending, []
+            done, self._pending_done = self._pending_done, None
             releases, self._to_release = self._to_release, []
-            if batch or releases:
-                attempts = [a for a, _ in batch]
+            if attempts or releases:
                 try:
                     paused = await self._db(self._record_pool,
                                             lambda s, a=attempts, r=releases: self._record(s, a, r))  # type: ignore[misc]
                 except SQLAlchemyError:
                     log.exception("worker %s: recording %d results failed; retrying", self.worker_id,
-                                  len(batch))
-                    self._pending[:0], self._to_release[:0] = batch, releases
+                                  len(attempts))
+                    self._pending[:0], self._to_release[:0] = attempts, releases
+                    if done is not None:  # the senders waiting on it wait for the retry
+                        if self._pending_done is None:
+                            self._pending_done = done
+                        else:
+                            self._pending_done.add_done_callback(lambda _f, d=done: d.set_result(None))  # type: ignore[misc]
                     await asyncio.sleep(1.0)
                     self._record_wanted.set()
                     continue
                 self._running.difference_update(paused)
+                for blast_id, trigger in list(self._braked.items()):
+                    if any(a is trigger for a in attempts):
+                        # Recorded and judged by pause_on_error_rate, which sees every worker's
+                        # results: paused there, or else claimed again.
+                        del self._braked[blast_id]
+                        self._recent.pop(blast_id, None)
+                self._in_flight -= len(attempts)
                 self.attempt_count += len(attempts)
                 self.sent_count += sum(1 for a in attempts if a.outcome == DeliveryOutcome.sent)
-                for _, done in batch:
+                if done is not None:
                     done.set_result(None)
             if self._senders_done and not self._pending and not self._to_release:
                 return

@@ -18,11 +18,13 @@ render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Me
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import re
 import textwrap
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime, parseaddr
@@ -64,7 +66,7 @@ class Recipient:
                    first_name=contact.first_name, last_name=contact.last_name,
                    outlet=contact.outlet, language=contact.language)
 
-    @property
+    @functools.cached_property
     def full_name(self) -> str:
         return mime.clean_value(" ".join(filter(None, [self.first_name, self.last_name])))
 
@@ -116,33 +118,27 @@ class PreparedRelease:
         wanted = language_of(recipient.language)
         return self.variants.get(wanted) or self.variants[self.default_language]
 
-    def _personal(self, recipient: Recipient, variant: Variant,
-                  blast_id: int | None) -> tuple[dict[str, str], str]:
+    def _personal(self, recipient: Recipient, variant: Variant, blast_id: int | None,
+                  wanted: Iterable[str] = mime.PERSONAL_FIELDS) -> tuple[dict[str, str], str]:
+        """The personal values (only the `wanted` ones: the templates use few) and the
+        unsubscribe URL, which every message carries in its headers."""
         token = self.tokens.token(recipient.contact_id, blast_id,
                                   None if recipient.contact_id is not None else recipient.email)
         url = self.tokens.url(token)
-        values = {
-            "greeting": greeting_for(variant.language, recipient),
-            "unsubscribe_url": url,
-            "first_name": mime.clean_value(recipient.first_name),
-            "last_name": mime.clean_value(recipient.last_name),
-            "full_name": recipient.full_name,
-            "outlet": mime.clean_value(recipient.outlet),
-            "email": mime.clean_value(recipient.email),
-        }
-        return values, url
+        return {name: _PERSONAL_VALUES[name](recipient, variant, url) for name in wanted}, url
 
     def render_bytes(self, recipient: Recipient, *, message_id: str, now: datetime,
                      test: bool = False, blast_id: int | None = None, wire: bool = False) -> bytes:
         """The message; with `wire`, as it goes after SMTP DATA (dot-stuffed, ending ".\r\n")."""
         variant = self.variant_for(recipient)
-        values, url = self._personal(recipient, variant, blast_id)
+        skeleton = variant.skeleton
+        values, url = self._personal(recipient, variant, blast_id, skeleton.fields)
         _check_message_id(message_id)
         dkim = self.dkim
-        raw = variant.skeleton.build(
+        raw = skeleton.build(
             to=mime.format_address(recipient.full_name, recipient.email),
             date=_date_header(now), message_id=message_id, unsubscribe_url=url, test=test,
-            values=values, html_values={k: html.escape(v) for k, v in values.items()},
+            values=values, html_values={k: html.escape(values[k]) for k in skeleton.html_fields},
             wire=wire and dkim is None)
         if dkim is not None:
             raw = _dkim_sign(raw, *dkim)  # the signature covers the message, not its wire form
@@ -166,6 +162,19 @@ class PreparedRelease:
         return RenderedMessage(subject, mime.fill_text(variant.html, escaped),
                                mime.fill_text(variant.text, values), headers, message_id, raw)
 
+
+# How each personal value is made from the recipient (the variant gives the language, and the
+# unsubscribe URL is made once per message anyway).
+_PERSONAL_VALUES: dict[str, Callable[[Recipient, Variant, str], str]] = {
+    "greeting": lambda recipient, variant, _url: greeting_for(variant.language, recipient),
+    "unsubscribe_url": lambda _recipient, _variant, url: url,
+    "first_name": lambda recipient, _variant, _url: mime.clean_value(recipient.first_name),
+    "last_name": lambda recipient, _variant, _url: mime.clean_value(recipient.last_name),
+    "full_name": lambda recipient, _variant, _url: recipient.full_name,
+    "outlet": lambda recipient, _variant, _url: mime.clean_value(recipient.outlet),
+    "email": lambda recipient, _variant, _url: mime.clean_value(recipient.email),
+}
+assert set(_PERSONAL_VALUES) == set(mime.PERSONAL_FIELDS)
 
 _last_date: tuple[tuple[datetime, Any], str] | None = None
 

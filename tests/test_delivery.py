@@ -311,3 +311,20 @@ def test_a_release_that_cannot_be_prepared_fails_its_rows_not_the_worker(db, smt
     assert ledger(db, good.id)["sent"] == 2
     assert ledger(db, bad.id)["failed"] == 2
     assert "cannot be rendered" in (row(db, "j10@example.net").last_smtp_reply or "")
+
+
+def test_a_relay_refusing_everything_fails_a_handful_not_the_list(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
+    """A fast relay that refuses every message: the worker stops the blast as soon as its error
+    window is full, before the recorder has paused it, so only about a window of journalists get
+    a failure and the rest stay queued for when the relay is fixed."""
+    settings = dataclasses.replace(smtp_settings, error_window=10, error_pause_threshold=0.5,
+                                   batch_size=50, smtp_connections=4)
+    for i in range(300):
+        smtpd.handler.fail(f"j{i}@example.net", 554, "5.7.1 Relay access denied")
+    blast = start(db, settings, 300)
+    run_worker(settings, until_idle=True, include_due=False)
+    db.expire_all()
+    assert db.get(Blast, blast.id).status == BlastStatus.paused  # type: ignore[union-attr]
+    counts = ledger(db, blast.id)
+    assert counts["failed"] <= settings.error_window + settings.smtp_connections, counts
+    assert counts["queued"] == 300 - counts["failed"] and counts["sending"] == 0

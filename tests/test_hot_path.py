@@ -39,3 +39,20 @@ def test_a_worker_starts_without_the_web_or_contact_stacks(tmp_path) -> None:  #
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                             timeout=60, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_utf8_header_encoding_is_the_standard_librarys() -> None:
+    """mime.header_encode_utf8 gives what Charset("utf-8").header_encode gives, B or Q form."""
+    import random
+    from email.charset import Charset
+
+    from service.mime import header_encode_utf8
+
+    names = ["Élodie Martin", "Hélène Aït-Ben Haddou", "محمد الإدريسي", "José Núñez", "ü", "a b_c=d?e",
+             "Zoë O'Brien (Le Monde)", "日本語の名前", "😀 emoji", "É" * 40, "x" * 60 + "é"]
+    rng = random.Random(7)
+    alphabet = "abcdeé à_=?()\"'-.,ñüçاﻻ中😀\t"
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 50))) for _ in range(500)]
+    utf8 = Charset("utf-8")
+    for name in names:
+        assert header_encode_utf8(name) == utf8.header_encode(name), name

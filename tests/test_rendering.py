@@ -359,3 +359,31 @@ def test_wire_form_is_the_message_dot_stuffed_and_ended(db: Session, settings: S
         assert b"\r\n..ma et .com" in wire and b"\r\n...et deux." in wire
         personal = [line for line in raw.split(b"\r\n") if line.startswith(b".") and b"Karim" not in line]
         assert any(set(line.rstrip(b"=,")) == {ord(".")} for line in personal)  # a wrapped name line
+
+
+def test_every_personal_field_a_template_uses_is_filled(db: Session, settings: Settings) -> None:
+    """The worker computes only the personal values the templates use; a template that uses all
+    of them gets each one, cleaned, and HTML-escaped in the HTML part."""
+    import dataclasses
+
+    from service import mime
+
+    prepared = prepare_release(db, _import(db, settings, TOURNEE), settings)
+    variant = prepared.variants[prepared.default_language]
+    text = ("Nom : @@cq.full_name@@ / @@cq.first_name@@ / @@cq.last_name@@\n"
+            "Média : @@cq.outlet@@ <@@cq.email@@>\n@@cq.greeting@@ @@cq.unsubscribe_url@@\n")
+    html_body = "<p>@@cq.full_name@@ chez @@cq.outlet@@</p>\n"
+    variant.skeleton = dataclasses.replace(variant.skeleton, tail=mime.assemble_tail(
+        static_headers=b"", text_pieces=mime.compile_body(text),
+        html_pieces=mime.compile_body(html_body, html=True), attachments=[]))
+    assert variant.skeleton.fields == set(mime.PERSONAL_FIELDS)
+    assert variant.skeleton.html_fields == {"full_name", "outlet"}
+    recipient = dataclasses.replace(ELODIE, outlet="Le Monde & <Co>\x07", last_name="Martin\r\nBcc: x")
+    plain, html_part = _parts(_parse(prepared.render_bytes(recipient, message_id="<p@x.org>", now=NOW,
+                                                           blast_id=2)))
+    url = prepared.tokens.url(make_token(settings, 11, 2))
+    assert plain == ("Nom : Élodie Martin Bcc: x / Élodie / Martin Bcc: x\n"
+                     "Média : Le Monde & <Co> <elodie.martin@lemonde.example>\n"
+                     f"Chère Élodie Martin Bcc: x, {url}\n")
+    assert "<p>Élodie Martin Bcc: x chez Le Monde & <Co></p>" in html_part
+    assert "&lt;Co&gt;" in prepared.render_bytes(recipient, message_id="<p@x.org>", now=NOW).decode()
