@@ -49,7 +49,8 @@ def main() -> None:
             total = result.messages / result.seconds
             print(f"ceiling {ceiling:,.0f}/s  worker alone {worker:,.0f}/s ({worker / ceiling:.2f}x)  "
                   f"end to end {total:,.0f}/s ({total / ceiling:.2f}x)  create {result.create_seconds:.2f}s  "
-                  f"rss {result.peak_rss_mb:.0f} MB  busy {result.busy_cores:.2f} cores  load {os.getloadavg()[0]:.1f}  CPU µs/msg: ceiling "
+                  f"rss {result.peak_rss_mb:.0f} MB  busy {result.busy_cores:.2f} cores  "
+                  f"load {os.getloadavg()[0]:.1f}  CPU µs/msg: ceiling "
                   f"{ceiling_cpu / args.n * 1e6:.0f} (sys {ceiling_sys / args.n * 1e6:.0f}), worker "
                   f"{result.cpu_seconds / args.n * 1e6:.0f} (sys {result.sys_seconds / args.n * 1e6:.0f})",
                   flush=True)
