@@ -26,7 +26,7 @@ from .models import (
     QueuedMessage,
     Suppression,
 )
-from .rendering import Recipient
+from .recipient import Recipient
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Me
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import re
@@ -40,7 +39,8 @@ from . import mime
 from .config import Settings
 from .email_text import STRINGS, embargo_notice, greeting_for, human_size, language_of
 from .errors import NotFound, RenderError
-from .models import Contact, Release
+from .models import Release
+from .recipient import Recipient
 from .release_markdown import TEXT_WIDTH, html_to_text, markdown_to_html, plain_text, sanitize_html
 from .unsubscribe import TokenMaker
 
@@ -48,27 +48,6 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "email"
 _inliner: Any = None
-
-
-@dataclass(frozen=True)
-class Recipient:
-    email: str
-    contact_id: int | None = None
-    civility: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    outlet: str | None = None
-    language: str | None = None
-
-    @classmethod
-    def from_contact(cls, contact: Contact) -> Recipient:
-        return cls(email=contact.email, contact_id=contact.id, civility=contact.civility,
-                   first_name=contact.first_name, last_name=contact.last_name,
-                   outlet=contact.outlet, language=contact.language)
-
-    @functools.cached_property
-    def full_name(self) -> str:
-        return mime.clean_value(" ".join(filter(None, [self.first_name, self.last_name])))
 
 
 @dataclass(frozen=True)
