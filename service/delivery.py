@@ -4,8 +4,10 @@ over a pool of reused aiosmtplib connections, record every attempt in batches, r
 One asyncio loop: a claimer keeps one or two batches ahead in a queue, `smtp_connections` sender
 tasks each own a connection, a recorder writes results in group commits. Database work runs in
 two worker threads (claims, records) so SMTP keeps flowing. A sender waits until its previous
-result is committed before sending the next message, so a SIGKILL can lose the record of at most
-one accepted message per connection (sent again after restart: at most one duplicate each)."""
+result is committed before sending the next message's content, so a SIGKILL can lose the record
+of at most one accepted message per connection (sent again after restart: at most one duplicate
+each). While a message goes out, its sender takes the next job along: on a relay that pipelines,
+that job's envelope is written behind this message's content (see SmtpConnection.send `then`)."""
 
 from __future__ import annotations
 
