@@ -354,6 +354,9 @@ def test_wire_form_is_the_message_dot_stuffed_and_ended(db: Session, settings: S
             raw = prepared.render_bytes(recipient, message_id="<w@x.org>", now=NOW, blast_id=3)
             wire = prepared.render_bytes(recipient, message_id="<w@x.org>", now=NOW, blast_id=3,
                                          wire=True)
+            if config is signed:  # the signature carries its own time (t=): compare what follows
+                wire, raw = (re.sub(rb"^DKIM-Signature:.*?\r\n(?=\S)", b"", m, flags=re.S)
+                             for m in (wire, raw))
             assert wire == re.sub(rb"(?m)^\.", b"..", raw) + b".\r\n"
             assert _unstuff(wire) == raw
         assert b"\r\n..ma et .com" in wire and b"\r\n...et deux." in wire
