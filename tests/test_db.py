@@ -23,3 +23,20 @@ def test_init_is_idempotent_and_migrations_match_models(runner, settings):
         assert diff == [], f"models.py and the migrations differ: {diff}"
     finally:
         engine.dispose()
+
+
+def test_a_worker_on_a_database_never_initialised_says_run_init(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`communique worker` against an empty database stops at once with what to do, instead of
+    retrying its first claim forever; the database is left as it was."""
+    import dataclasses
+    import sqlite3
+
+    from click.testing import CliRunner
+    from conftest import settings_environ
+
+    empty = dataclasses.replace(settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    result = CliRunner(env=settings_environ(empty)).invoke(main, ["worker", "--until-idle"])
+    assert result.exit_code == 1
+    assert "has no Communiqué tables: run `communique init` first" in result.output
+    with sqlite3.connect(tmp_path / "empty.db") as connection:
+        assert connection.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)

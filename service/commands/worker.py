@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..cli import Context, pass_context
+from ..errors import CommuniqueError
 
 
 def register(main: click.Group) -> None:
@@ -24,6 +25,7 @@ def worker(context: Context, until_idle: bool, no_scheduler: bool) -> None:
 
     settings = context.settings
     configure_logging(settings)
+    _require_schema(context)
     scheduler = None if no_scheduler else start_scheduler(context.session_factory, settings)
     try:
         result = run_worker(settings, until_idle=until_idle, include_due=not no_scheduler)
@@ -31,3 +33,19 @@ def worker(context: Context, until_idle: bool, no_scheduler: bool) -> None:
         if scheduler is not None:
             scheduler.shutdown(wait=True)
     click.echo(f"worker stopped: {result.attempt_count} attempts, {result.sent_count} sent", err=True)
+
+
+def _require_schema(context: Context) -> None:
+    """A database that answers but was never initialised: say so and stop, instead of retrying
+    the first claim forever. One that does not answer yet is waited for by the worker itself."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        initialised = inspect(context.engine).has_table("queued_messages")
+    except SQLAlchemyError:
+        return
+    if not initialised:
+        raise CommuniqueError(f"the database {context.engine.url.render_as_string(hide_password=True)} "
+                              "has no Communiqué tables: run `communique init` first")
+
