@@ -134,9 +134,10 @@ class _Next:
     could go out behind that message's content (see SmtpConnection.send `then`)."""
 
     job: Claimed
+    domain: str
     data: bytes | str | None = None  # rendered (or why not), None when not rendered yet
     envelope_from: str = ""
-    domain_held: bool = False  # its domain slot is taken: its envelope is open
+    domain_held: bool = False  # its domain slot is taken: its envelope rides behind
 
 
 @dataclass
@@ -342,7 +343,7 @@ class Worker:
                     self._need_more.set()
                 if job.blast_id not in self._running or self._stopping.is_set():
                     if carried is not None and carried.domain_held:
-                        self._domains.release(job.email.rpartition("@")[2].lower())
+                        self._domains.release(carried.domain)
                         await connection.close()  # its envelope is open: the relay drops it
                     self._in_flight -= 1
                     self._to_release.append(job.id)
@@ -355,9 +356,9 @@ class Worker:
         finally:
             await connection.close(polite=True)
 
-    def _take_next(self, connection: SmtpConnection) -> _Next | None:
-        """The next job from the queue, taken now and, when it can be, rendered with its domain
-        slot taken so that its envelope follows the current message's content."""
+    def _take_next(self) -> _Next | None:
+        """The next job from the queue, taken (and rendered, when its blast runs) while the
+        current message goes out, so that its envelope can follow that message's content."""
         if self._queue.empty() or self._rate.interval or self._relay_down_until or self._stopping.is_set():
             return None
         job = self._queue.get_nowait()
@@ -365,16 +366,11 @@ class Worker:
             self._queue.put_nowait(None)
             return None
         self._in_flight += 1
-        following = _Next(job)
+        following = _Next(job, _domain(job.email))
         prepared = self._prepared.get(job.blast_id)
-        if job.blast_id not in self._running or prepared is None or prepared.release is None:
-            return following
-        following.data = self._render(job)
-        following.envelope_from = prepared.release.envelope_from
-        domain = job.email.rpartition("@")[2].lower()
-        if (isinstance(following.data, bytes) and connection.can_chain(following.envelope_from, job.email)
-                and self._domains.available(domain)):
-            following.domain_held = True
+        if job.blast_id in self._running and prepared is not None and prepared.release is not None:
+            following.data = self._render(job)
+            following.envelope_from = prepared.release.envelope_from
         return following
 
     async def _deliver(self, connection: SmtpConnection, job: Claimed, previous: asyncio.Future[None] | None,
@@ -387,14 +383,14 @@ class Worker:
         following: _Next | None = None
         started = time.perf_counter()
         if isinstance(data, str):
-            if chained:
-                self._domains.release(job.email.rpartition("@")[2].lower())
+            if carried is not None and carried.domain_held:
+                self._domains.release(carried.domain)
                 await connection.close()
             attempt = self._attempt(job, DeliveryOutcome.failed, None, data[:1000], "RenderError", None)
         else:
             # Read before the first await: the claimer may forget a paused blast's release.
             envelope_from = self._prepared[job.blast_id].release.envelope_from  # type: ignore[union-attr]
-            domain = job.email.rpartition("@")[2].lower()
+            domain = _domain(job.email)
             if not chained:
                 await self._domains.acquire(domain)  # not `async with hold()`: a generator per message
             try:
@@ -403,12 +399,14 @@ class Worker:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     await self._rate.wait()
-                following = self._take_next(connection)
+                following = self._take_next()
                 then = None
-                if following is not None and following.domain_held:
-                    # Checked by _take_next with no await since: goes through without waiting.
-                    await self._domains.acquire(following.job.email.rpartition("@")[2].lower())
-                    then = (following.envelope_from, following.job.email, len(following.data))  # type: ignore[arg-type]
+                if (following is not None and isinstance(following.data, bytes)
+                        and connection.can_chain(following.envelope_from, following.job.email)
+                        and self._domains.available(following.domain)):
+                    await self._domains.acquire(following.domain)  # available: no wait
+                    following.domain_held = True
+                    then = (following.envelope_from, following.job.email, len(following.data))
                 result = await connection.send(envelope_from, job.email, data, before_data=previous,
                                                wire=True, then=then)  # the DATA form, see _render
             finally:
@@ -419,7 +417,7 @@ class Worker:
             if following is not None and following.domain_held and not connection.is_open_for(
                     following.envelope_from, following.job.email):
                 # Its envelope was refused (a result of its own) or not tried (sent afresh next).
-                self._domains.release(following.job.email.rpartition("@")[2].lower())
+                self._domains.release(following.domain)
                 following.domain_held = False
                 refused = connection.then_result
                 if refused is not None:
@@ -539,6 +537,11 @@ class Worker:
                 pool.shutdown()
             log.info("worker %s: stopped after %d attempts, %d sent", self.worker_id,
                      self.attempt_count, self.sent_count)
+
+
+def _domain(address: str) -> str:
+    """The recipient domain the per-domain limit counts."""
+    return address.rpartition("@")[2].lower()
 
 
 def new_worker_id(label: str | None = None) -> str:

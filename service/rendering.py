@@ -18,6 +18,7 @@ render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Me
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import re
@@ -84,7 +85,7 @@ class PreparedRelease:
     tokens: TokenMaker
     dkim: tuple[bytes, bytes, bytes] | None = None  # selector, domain, private key
 
-    @property
+    @functools.cached_property
     def envelope_from(self) -> str:
         return mime.ascii_address(self.from_address)
 

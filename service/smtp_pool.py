@@ -125,14 +125,14 @@ class SmtpConnection:
                 and _simple_address(envelope_from) and _SIMPLE_ADDRESS.match(address) is not None)
 
     async def send(self, envelope_from: str, address: str, data: bytes, *,
-                   before_data: Awaitable[Any] | None = None, crlf: bool = False, wire: bool = False,
+                   before_data: Awaitable[Any] | None = None, wire: bool = False,
                    then: tuple[str, str, int] | None = None) -> SendResult:
         """One message to one recipient; never raises for SMTP or network trouble. `before_data`
         is awaited between RCPT and DATA: the worker passes the recording of this connection's
         previous message, so MAIL and RCPT overlap with it, yet at most one accepted message per
-        connection is ever unrecorded. `data` must have CRLF line endings (render_bytes does);
-        `crlf=True` says the caller guarantees it, so it is not checked again (~40 µs);
-        `wire=True` says `data` is already dot-stuffed and ends with ".\r\n" (render_bytes(wire=True)).
+        connection is ever unrecorded. `wire=True` says `data` is already in its DATA form: CRLF
+        line ends, dot-stuffed, ending with ".\r\n" (render_bytes(wire=True)), so it is not checked
+        or copied again.
         `then` = (from, to, size) of the next message, chained when `can_chain` said so."""
         self.then_result = None
         if self._open is not None and self._open != (envelope_from, address):
@@ -152,7 +152,7 @@ class SmtpConnection:
         if self._open is not None or (self._pipelined and _simple_address(envelope_from)
                                       and _SIMPLE_ADDRESS.match(address)):
             return await self._send_pipelined(client.protocol, envelope_from, address, data,  # type: ignore[arg-type]
-                                              before_data, crlf, wire, then)
+                                              before_data, wire, then)
         if wire:  # aiosmtplib stuffs and ends the data itself
             data = _unstuff(data)
         options, encoding = [], "ascii"
@@ -191,7 +191,7 @@ class SmtpConnection:
                          b"\r\nRCPT TO:<", address.encode("ascii"), b">\r\nDATA\r\n"))
 
     async def _send_pipelined(self, protocol: PipeliningProtocol, envelope_from: str, address: str,
-                              data: bytes, before_data: Awaitable[Any] | None, crlf: bool, wire: bool,
+                              data: bytes, before_data: Awaitable[Any] | None, wire: bool,
                               then: tuple[str, str, int] | None) -> SendResult:
         """RFC 2920: MAIL, RCPT and DATA in one write, their replies read in order (skipped when
         the previous send already opened this envelope); the content goes only after 354, and
@@ -212,8 +212,7 @@ class SmtpConnection:
             if wire:
                 content = data
             else:
-                if not crlf:
-                    data = aiosmtplib_protocol.normalize_message_line_endings(data)
+                data = aiosmtplib_protocol.normalize_message_line_endings(data)
                 content = aiosmtplib_protocol.PERIOD_REGEX.sub(b"..", data) + b".\r\n"
             if then is not None and self.client is not None:
                 replies, error = await protocol.exchange(content + self._envelope(*then), 4, timeout)

@@ -144,7 +144,7 @@ def test_refused_rows_are_recorded_on_the_pipelined_path(db, smtp_settings, smtp
 @pytest.mark.parametrize("sample", ["onmt-task-force-2022-07-06.md", "onmt-tournee-regionale-2020-12.md"])
 def test_rendered_messages_end_every_line_with_crlf(db, settings, sample) -> None:  # type: ignore[no-untyped-def]
     """render_bytes writes CRLF line ends only, whatever the personal values hold, which is why the
-    worker sends its bytes without re-checking them (send(..., crlf=True))."""
+    worker sends its bytes without re-checking them (send(..., wire=True))."""
     from conftest import SAMPLES
 
     from service import releases
