@@ -293,10 +293,7 @@ class Worker:
                 continue
             if time.monotonic() - last_housekeeping >= self.settings.worker_poll_seconds or not claimed:
                 last_housekeeping = time.monotonic()
-                try:
-                    await self._db(self._claim_pool, lambda s: housekeep(s, self.settings, now=_now()))
-                except SQLAlchemyError:
-                    log.exception("worker %s: housekeeping failed", self.worker_id)
+                await self._housekeep()
             if claimed:
                 continue
             if self.until_idle and self._is_locally_idle() and not await self._db(
@@ -304,9 +301,19 @@ class Worker:
                                                                  include_due=self.include_due)):
                 if self._is_locally_idle():
                     log.info("worker %s: nothing left to send", self.worker_id)
+                    # The last results may have landed after this round's housekeeping: finish
+                    # the blasts they completed before leaving.
+                    await self._housekeep()
                     self.stop()
                     return
             await self._sleep(self.settings.worker_poll_seconds)
+
+    async def _housekeep(self) -> None:
+        """Stale claims back to the queue, overdue blasts stopped, completed blasts finished."""
+        try:
+            await self._db(self._claim_pool, lambda s: housekeep(s, self.settings, now=_now()))
+        except SQLAlchemyError:
+            log.exception("worker %s: housekeeping failed", self.worker_id)
 
     def _is_locally_idle(self) -> bool:
         return self._queue.empty() and self._in_flight == 0 and not self._pending
