@@ -158,9 +158,12 @@ class Worker:
     # The brake: per blast, whether each of its last `error_window` results here was bad. When
     # too many are, the blast stops here at once (`_braked`), without waiting for the recorder to
     # pause it in the database: against a fast relay that refuses everything, hundreds of
-    # journalists would otherwise fail in the meantime.
+    # journalists would otherwise fail in the meantime. The brake holds until a claim that began
+    # after the recorder committed those results (and pause_on_error_rate, which sees every
+    # worker's results, judged them) reads the blast's status: paused there, or claimed again.
     _recent: dict[int, deque[bool]] = field(default_factory=dict)
-    _braked: dict[int, Attempt] = field(default_factory=dict)  # blast id: the attempt that braked it
+    # blast id: the attempt that braked it, then (once recorded) the monotonic time of that commit
+    _braked: dict[int, Attempt | float] = field(default_factory=dict)
     _prepared: dict[int, _Prepared] = field(default_factory=dict)  # by blast id
     _in_flight: int = 0
     _relay_failures: int = 0
@@ -272,6 +275,7 @@ class Worker:
         while not self._stopping.is_set():
             await self._renew_leases()
             limit = batch if self._queue.qsize() < batch else 0
+            claim_started = time.monotonic()
             try:
                 running, claimed = await self._db(self._claim_pool,
                                                   lambda s, n=limit: self._claim(s, n))  # type: ignore[misc]
@@ -281,6 +285,9 @@ class Worker:
                 continue
             # On the loop, together: a sender checks _running and renders without an await
             # between, so it never meets a blast whose prepared release was just forgotten.
+            for blast_id, mark in list(self._braked.items()):
+                if isinstance(mark, float) and mark < claim_started:
+                    del self._braked[blast_id]  # this claim read the status decided after the brake
             self._running = set(running) - self._braked.keys()
             for blast_id in self._prepared.keys() - self._running:
                 del self._prepared[blast_id]
@@ -503,11 +510,9 @@ class Worker:
                     self._record_wanted.set()
                     continue
                 self._running.difference_update(paused)
-                for blast_id, trigger in list(self._braked.items()):
-                    if any(a is trigger for a in attempts):
-                        # Recorded and judged by pause_on_error_rate, which sees every worker's
-                        # results: paused there, or else claimed again.
-                        del self._braked[blast_id]
+                for blast_id, mark in list(self._braked.items()):
+                    if any(a is mark for a in attempts):  # recorded and judged
+                        self._braked[blast_id] = time.monotonic()
                         self._recent.pop(blast_id, None)
                 self._in_flight -= len(attempts)
                 self.attempt_count += len(attempts)
