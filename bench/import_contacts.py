@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, func, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.contacts import import_contacts  # noqa: E402
+from service.contacts.importing import import_contacts  # noqa: E402
 from service.db import make_engine, make_session_factory, session_scope, upgrade_schema  # noqa: E402
 from service.models import Contact  # noqa: E402
 

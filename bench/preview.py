@@ -24,7 +24,7 @@ def web_preview_latency(requests: int = 200, warmup: int = 5) -> dict[str, float
     import endtoend
 
     from service import create_app
-    from service.auth import create_user
+    from service.accounts.users import create_user
     from service.config import Settings
     from service.db import make_engine, make_session_factory, session_scope, upgrade_schema
 

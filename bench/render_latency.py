@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import releases  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.db import make_engine, make_session_factory, upgrade_schema  # noqa: E402
-from service.rendering import Recipient, new_message_id, prepare_release  # noqa: E402
+from service.releases import store as releases  # noqa: E402
+from service.rendering.prepare import Recipient, new_message_id, prepare_release  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "samples" / "releases"
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)

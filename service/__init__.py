@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import Settings
+from service.config import Settings
 
 if TYPE_CHECKING:  # flask is imported by create_app only: CLI commands and the worker start faster
     from flask import Flask
@@ -14,7 +14,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     """The Flask application factory (also the gunicorn entry point: `service:create_app()`)."""
     from flask import Flask
 
-    from . import api, db_app, ops, public, request_log, web, webhook
+    from service import api, web, webhook
+    from service.http import context
+    from service.ops import health, request_log
+    from service.web import public
 
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=None)
@@ -29,10 +32,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     request_log.init_app(app, settings)
-    db_app.init_app(app, settings)
+    context.init_app(app, settings)
     public.init_app(app)
     web.init_app(app)
     api.init_app(app)
     webhook.init_app(app)
-    ops.init_app(app)
+    health.init_app(app)
+    # Machine clients authenticate with bearer keys or signatures, not cookies: no CSRF there.
+    csrf = app.extensions["csrf"]
+    csrf.exempt(api.bp)
+    csrf.exempt(webhook.bp)
     return app

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import ConfigError
+from service.errors import ConfigError
 
 PREFIX = "COMMUNIQUE_"
 SMTP_TLS_MODES = ("none", "starttls", "implicit")

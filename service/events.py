@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
-from .config import Settings
-from .db import session_scope
-from .models import OutgoingEvent
+from service.config import Settings
+from service.db import session_scope
+from service.models import OutgoingEvent
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import IO, Any
 
-from .config import Settings
+from service.config import Settings
 
 log = logging.getLogger(__name__)
 

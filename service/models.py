@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from .db import Base, UTCDateTime, utcnow
+from service.db import Base, UTCDateTime, utcnow
 
 
 class ContactStatus(StrEnum):

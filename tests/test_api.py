@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.apikeys import create_api_key, revoke_api_key
+from service.accounts.api_keys import create_api_key, revoke_api_key
 from service.models import Blast, BlastStatus
 
 NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from service.apikeys import create_api_key, revoke_api_key, verify_api_key
+from service.accounts.api_keys import create_api_key, revoke_api_key, verify_api_key
 from service.cli import main
 from service.models import ApiKey
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from webutil import PASSWORD, csrf_token, make_user, sign_in
 
 from service import create_app
-from service.auth import authenticate, create_user
+from service.accounts.users import authenticate, create_user
 from service.config import Settings
 from service.db import utcnow
 from service.errors import Conflict, ValidationError

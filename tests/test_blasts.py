@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from service import blasts
 from service.config import Settings
+from service.delivery import blasts
 from service.errors import Conflict, ValidationError
 from service.models import (
     Blast,

@@ -27,12 +27,12 @@ from webutil import PASSWORD, make_user
 from werkzeug.serving import make_server
 
 from service import create_app
-from service.blasts import run_due_blasts
 from service.config import Settings
 from service.db import utcnow
-from service.delivery import run_worker
+from service.delivery.blasts import run_due_blasts
+from service.delivery.scheduler import start_scheduler
+from service.delivery.worker import run_worker
 from service.models import Blast, BlastStatus, Contact, ContactStatus
-from service.scheduler import start_scheduler
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.cli import main
-from service.contacts import (
+from service.contacts.importing import import_contacts
+from service.contacts.store import (
     create_contact,
-    import_contacts,
     list_counts,
     mark_bounced,
     suppress,

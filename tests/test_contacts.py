@@ -14,13 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.cli import main
-from service.contacts import (
+from service.contacts.importing import import_contacts
+from service.contacts.store import (
     add_to_list,
     create_contact,
     delete_contact,
     export_contacts,
     get_contact,
-    import_contacts,
     list_counts,
     list_suppressions,
     normalize_email,

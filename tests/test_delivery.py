@@ -12,9 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_blasts import add_list, add_release, ledger
 
-from service import blasts
 from service.config import Settings
-from service.delivery import run_worker
+from service.delivery import blasts
+from service.delivery.smtp import classify_reply
+from service.delivery.worker import run_worker
 from service.models import (
     Blast,
     BlastStatus,
@@ -24,7 +25,6 @@ from service.models import (
     MessageStatus,
     QueuedMessage,
 )
-from service.smtp_pool import classify_reply
 
 
 def now() -> datetime:
@@ -232,7 +232,7 @@ def test_domain_limit_holds_sends_to_one_domain_and_forgets_idle_domains() -> No
     """No more than the limit of sends run at once to one domain; a domain with none in flight is dropped."""
     import asyncio
 
-    from service.delivery import DomainLimiter
+    from service.delivery.worker import DomainLimiter
 
     async def scenario() -> tuple[int, int]:
         limiter, running, peak = DomainLimiter(2), [0], [0]
@@ -260,7 +260,7 @@ def test_dead_relay_is_logged_once_and_the_worker_backs_off(db, settings, caplog
     dead = dataclasses.replace(settings, smtp_host="127.0.0.1", smtp_port=free_port(), smtp_connections=2)
     blast = start(db, dead, 3)
     stop = threading.Event()
-    caplog.set_level(logging.INFO, logger="service.delivery")
+    caplog.set_level(logging.INFO, logger="service.delivery.worker")
     thread = threading.Thread(target=run_worker, args=(dead,), kwargs={"stop_event": stop,
                                                                       "include_due": False})
     thread.start()
@@ -278,7 +278,7 @@ def test_dead_relay_is_logged_once_and_the_worker_backs_off(db, settings, caplog
 def test_contacts_who_opt_out_after_queuing_are_never_sent(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
     """An unsubscribe, a suppression or a bounce elsewhere after the blast was queued wins: those
     rows fail with the reason and nothing reaches them."""
-    from service import contacts
+    from service.contacts import store as contacts
 
     blast = start(db, smtp_settings, 4)
     ids = dict(db.execute(select(Contact.email, Contact.id)).all())

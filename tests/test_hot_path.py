@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
-from service.rendering import _date_header
+from service.rendering.prepare import _date_header
 
 
 def test_date_header_is_format_datetime_for_every_instant_and_zone() -> None:
@@ -32,9 +32,9 @@ def test_a_worker_starts_without_the_web_or_contact_stacks(tmp_path) -> None:  #
     import sys
 
     probe = ("import sys, service.cli as cli; cli.main.get_command(None, 'worker'); "
-             "import service.delivery, service.scheduler; "
+             "import service.delivery.worker, service.delivery.scheduler; "
              "print(sorted(m for m in ('flask', 'langcodes', 'email_validator', 'pycountry', "
-             "'service.contacts', 'service.contact_import') if m in sys.modules))")
+             "'service.contacts.store', 'service.contacts.importing') if m in sys.modules))")
     env = {**os.environ, "COMMUNIQUE_INSTANCE_PATH": str(tmp_path)}
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
                             timeout=60, check=True).stdout
@@ -46,7 +46,7 @@ def test_utf8_header_encoding_is_the_standard_librarys() -> None:
     import random
     from email.charset import Charset
 
-    from service.mime import header_encode_utf8
+    from service.rendering.mime import header_encode_utf8
 
     names = ["Élodie Martin", "Hélène Aït-Ben Haddou", "محمد الإدريسي", "José Núñez", "ü", "a b_c=d?e",
              "Zoë O'Brien (Le Monde)", "日本語の名前", "😀 emoji", "É" * 40, "x" * 60 + "é"]

@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.apikeys import create_api_key
+from service.accounts.api_keys import create_api_key
 
 NOW = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
 SAFE = {("GET", None), ("POST", "/api/v1/contacts"), ("POST", "/api/v1/releases")}

@@ -22,7 +22,7 @@ from service.models import (
     QueuedMessage,
     Release,
 )
-from service.ops import Readiness, check_relay
+from service.ops.health import Readiness, check_relay
 
 
 def scrape(client, headers=None) -> dict[tuple[str, tuple], float]:
@@ -213,7 +213,7 @@ def test_metrics_require_the_bearer_token_when_one_is_set(settings, engine, make
 
 def test_webhook_requests_are_counted_by_outcome(app, client):
     """count_webhook(outcome) shows up in /metrics as communique_webhook_requests_total."""
-    from service.ops import count_webhook
+    from service.ops.health import count_webhook
 
     with app.test_request_context("/webhooks/cms"):
         count_webhook("accepted")
@@ -227,8 +227,8 @@ def test_webhook_requests_are_counted_by_outcome(app, client):
 def test_metrics_after_a_real_blast_to_a_real_smtp_server(app, client, db, session_factory,
                                                           smtp_settings, smtpd):
     """After a worker sends a blast (one 450 then accepted, one 550), /metrics counts what happened."""
-    from service.blasts import create_blast
-    from service.delivery import run_worker
+    from service.delivery.blasts import create_blast
+    from service.delivery.worker import run_worker
     from service.models import ContactList
 
     now = datetime.now(UTC)

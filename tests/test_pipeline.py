@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from conftest import ROOT, SAMPLES
 from sqlalchemy import func, select
 
-from service import blasts
-from service.contacts import import_contacts
-from service.delivery import run_worker
+from service.contacts.importing import import_contacts
+from service.delivery import blasts
+from service.delivery.worker import run_worker
 from service.models import Blast, BlastStatus, Contact, DeliveryLog, QueuedMessage
-from service.releases import create_release
+from service.releases.store import create_release
 
 
 def test_sample_list_and_release_reach_every_journalist_once(db, smtp_settings, smtpd,  # type: ignore[no-untyped-def]

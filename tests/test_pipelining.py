@@ -39,10 +39,10 @@ from test_worker_crash import (
     test_sigterm_drains_in_flight_sends_and_exits_cleanly as test_sigterm_drains_in_flight_sends_and_exits_cleanly,  # noqa: E501
 )
 
-from service.delivery import run_worker
+from service.delivery.smtp import _SIMPLE_ADDRESS, SmtpConnection
+from service.delivery.worker import run_worker
 from service.models import MessageStatus
-from service.rendering import Recipient
-from service.smtp_pool import _SIMPLE_ADDRESS, SmtpConnection
+from service.rendering.prepare import Recipient
 
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)
 IMPORTED = [  # collected here again, with the pipelining server below
@@ -147,8 +147,8 @@ def test_rendered_messages_end_every_line_with_crlf(db, settings, sample) -> Non
     worker sends its bytes without re-checking them (send(..., wire=True))."""
     from conftest import SAMPLES
 
-    from service import releases
-    from service.rendering import Recipient, prepare_release
+    from service.releases import store as releases
+    from service.rendering.prepare import Recipient, prepare_release
 
     release = releases.create_release(db, settings, body=(SAMPLES / sample).read_text(encoding="utf-8"),
                                       now=NOW)
@@ -221,7 +221,7 @@ def test_lines_starting_with_a_dot_arrive_as_written(db, smtp_settings, smtpd, p
     from sqlalchemy import select
 
     from service.models import Contact, Release
-    from service.rendering import prepare_release
+    from service.rendering.prepare import prepare_release
 
     smtpd.handler.pipelining = pipelining
     settings = dataclasses.replace(smtp_settings, smtp_connections=1)

@@ -8,11 +8,11 @@ from datetime import timedelta
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from service import releases
 from service.config import Settings
 from service.db import utcnow
 from service.models import Blast, BlastStatus, Contact, ContactStatus
-from service.unsubscribe import make_token
+from service.releases import store as releases
+from service.rendering.unsubscribe import make_token
 
 
 def _contact(db: Session, language: str = "fr") -> int:

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from conftest import SAMPLES
 from sqlalchemy.orm import Session
 
-from service import releases
 from service.cli import main
 from service.config import Settings
 from service.errors import Conflict, NotFound, ValidationError
 from service.models import Blast, BlastStatus, Contact, ReleaseStatus
-from service.release_markdown import import_markdown, parse_press_contacts
+from service.releases import store as releases
+from service.releases.markdown import import_markdown, parse_press_contacts
 
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)
 TASK_FORCE = SAMPLES / "onmt-task-force-2022-07-06.md"

@@ -14,13 +14,14 @@ import pytest
 from conftest import SAMPLES
 from sqlalchemy.orm import Session
 
-from service import releases, rendering
 from service.config import Settings
 from service.errors import RenderError, ValidationError
-from service.mime import ascii_address
 from service.models import Contact
-from service.rendering import Recipient, new_message_id, prepare_release
-from service.unsubscribe import make_token, verify_token
+from service.releases import store as releases
+from service.rendering import prepare as rendering
+from service.rendering.mime import ascii_address
+from service.rendering.prepare import Recipient, new_message_id, prepare_release
+from service.rendering.unsubscribe import make_token, verify_token
 
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)
 TASK_FORCE = SAMPLES / "onmt-task-force-2022-07-06.md"
@@ -294,7 +295,7 @@ def test_unsubscribe_token_matches_itsdangerous(settings: Settings) -> None:
     """The fast token maker signs exactly what URLSafeSerializer.dumps would, and it verifies."""
     from itsdangerous import URLSafeSerializer
 
-    from service.unsubscribe import SALT
+    from service.rendering.unsubscribe import SALT
 
     serializer = URLSafeSerializer(settings.secret_key, salt=SALT)
     for who, blast in [(42, 7), (42, None), (2**40, 3), ("a@x.org", 9), ("rédaction@exemple.ma", None)]:
@@ -335,7 +336,7 @@ def test_wire_form_is_the_message_dot_stuffed_and_ended(db: Session, settings: S
     and the message reads back from its wire form unchanged."""
     import subprocess
 
-    from service.smtp_pool import _unstuff
+    from service.delivery.smtp import _unstuff
 
     path = tmp_path / "points.md"
     path.write_text(TASK_FORCE.read_text(encoding="utf-8")
@@ -369,7 +370,7 @@ def test_every_personal_field_a_template_uses_is_filled(db: Session, settings: S
     of them gets each one, cleaned, and HTML-escaped in the HTML part."""
     import dataclasses
 
-    from service import mime
+    from service.rendering import mime
 
     prepared = prepare_release(db, _import(db, settings, TOURNEE), settings)
     variant = prepared.variants[prepared.default_language]

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from test_blasts import NOW, add_list, add_release
 
-from service import blasts
 from service.db import make_engine, make_session_factory
+from service.delivery import blasts
+from service.delivery.scheduler import start_scheduler
 from service.models import Blast, BlastEvent, BlastStatus, QueuedMessage
-from service.scheduler import start_scheduler
 
 
 def started_events(session, blast_id: int) -> int:  # type: ignore[no-untyped-def]

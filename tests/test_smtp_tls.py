@@ -15,7 +15,7 @@ from smtp_server import RecordingHandler, free_port
 from sqlalchemy import select
 from test_delivery import start
 
-from service.delivery import run_worker
+from service.delivery.worker import run_worker
 from service.models import MessageStatus, QueuedMessage
 
 USER, PASSWORD = "relay-user", "s3cret-relay-pass"

@@ -12,9 +12,9 @@ import pytest
 from conftest import SAMPLES
 from sqlalchemy.orm import Session
 
-from service import releases
 from service.config import Settings
-from service.rendering import Recipient, new_message_id, prepare_release
+from service.releases import store as releases
+from service.rendering.prepare import Recipient, new_message_id, prepare_release
 
 SPAMASSASSIN = "/usr/bin/spamassassin"
 NOW = datetime(2022, 7, 5, 8, 0, tzinfo=UTC)

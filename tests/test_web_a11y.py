@@ -11,12 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from webutil import csrf_token, make_user, sign_in
 
-from service.blasts import create_blast
 from service.config import Settings
-from service.contacts import import_contacts
+from service.contacts.importing import import_contacts
 from service.db import utcnow
+from service.delivery.blasts import create_blast
 from service.models import Contact
-from service.releases import create_release
+from service.releases.store import create_release
 
 CSV = "email;prénom;nom;langue\nh.benjelloun@atlas.example;Hélène;Benjelloun;fr\n"
 NOT_FIELDS = {"hidden", "submit", "button", "reset", "image"}

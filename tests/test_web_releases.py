@@ -17,13 +17,13 @@ from webutil import csrf_token, make_user, sign_in
 
 from service import create_app
 from service.config import Settings
-from service.contacts import create_contact
+from service.contacts.store import create_contact
 from service.db import utcnow
-from service.i18n import translate_reason
-from service.message_checks import check_message
 from service.models import Attachment, Release, Role
-from service.releases import add_attachment, create_release, validate_release
-from service.rendering import RenderedMessage
+from service.releases.checks import check_message
+from service.releases.store import add_attachment, create_release, validate_release
+from service.rendering.prepare import RenderedMessage
+from service.web.i18n import translate_reason
 
 ARABIC = """# المكتب الوطني المغربي للسياحة يطلق فريق عمل
 

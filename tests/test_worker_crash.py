@@ -16,8 +16,8 @@ from conftest import settings_environ
 from sqlalchemy import select
 from test_blasts import add_list, add_release, ledger
 
-from service import blasts
 from service.config import Settings
+from service.delivery import blasts
 from service.models import Blast, BlastStatus
 
 COMMUNIQUE = str(Path(sys.executable).parent / "communique")

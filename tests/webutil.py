@@ -7,7 +7,7 @@ import re
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from service.auth import create_user
+from service.accounts.users import create_user
 from service.db import utcnow
 from service.models import Role
 

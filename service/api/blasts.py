@@ -1,0 +1,193 @@
+"""API resources: blasts (create, schedule, pause, resume, cancel, approve, progress, deliveries,
+resend to the unsent)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Response
+
+from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry
+from service.db import utcnow
+from service.delivery import blasts
+from service.errors import FieldError, ValidationError
+from service.http.context import current_settings, db_session
+from service.models import Blast, BlastStatus, MessageStatus, QueuedMessage
+
+_DATE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 120},
+          "maxItems": 50}
+BLAST_CREATE = {
+    "type": "object", "additionalProperties": False, "required": ["release_id", "lists"],
+    "properties": {
+        "release_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "lists": {**_NAMES, "minItems": 1},
+        "filters": {"type": "object", "additionalProperties": False, "properties": {
+            name: _NAMES for name in blasts.FILTER_KEYS}},
+        "send_at": _DATE_TIME, "start_before": _DATE_TIME, "stop_after": _DATE_TIME,
+        "schedule": {"type": "boolean", "default": True,
+                     "description": "false keeps the blast a draft"},
+    },
+}
+SCHEDULE = {"type": "object", "additionalProperties": False, "required": ["send_at"],
+            "properties": {"send_at": {"type": "string", "format": "date-time"}}}
+BLAST = registry.schema("Blast", {
+    "type": "object", "required": ["id", "release_id", "status", "lists", "recipient_count"],
+    "properties": {
+        "id": {"type": "integer"}, "release_id": {"type": "integer"},
+        "status": {"enum": [str(s) for s in BlastStatus]},
+        "lists": {"type": "array", "items": {"type": "string"}},
+        "filters": {"type": "object"}, "recipient_count": {"type": "integer"},
+        "needs_approval": {"type": "boolean"}, "paused_reason": {"type": ["string", "null"]},
+        "resend_of_id": {"type": ["integer", "null"]},
+        **{name: _DATE_TIME for name in ("send_at", "start_before", "stop_after", "started_at",
+                                          "finished_at", "approved_at", "created_at")},
+    },
+})
+PROGRESS = registry.schema("BlastProgress", {
+    "type": "object", "required": ["id", "status", "counts", "recipients"],
+    "properties": {"id": {"type": "integer"}, "status": {"type": "string"},
+                   "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                   "recipients": {"type": "integer"}, "rate": {"type": "number"},
+                   "eta": {"type": ["string", "null"]},
+                   "paused_reason": {"type": ["string", "null"]}}})
+DELIVERY = registry.schema("Delivery", {
+    "type": "object", "required": ["id", "contact_id", "email", "status", "attempts"],
+    "properties": {"id": {"type": "integer"}, "contact_id": {"type": "integer"},
+                   "email": {"type": "string"}, "status": {"type": "string"},
+                   "attempts": {"type": "integer"}, "message_id": {"type": "string"},
+                   "last_smtp_code": {"type": ["integer", "null"]},
+                   "last_smtp_reply": {"type": ["string", "null"]},
+                   "sent_at": _DATE_TIME, "next_attempt_at": _DATE_TIME}})
+BLAST_QUERY = {"type": "object", "properties": {"status": {"enum": [str(s) for s in BlastStatus]},
+                                                **PAGE_QUERY}}
+DELIVERY_QUERY = {"type": "object", "properties": {
+    "status": {"enum": [str(s) for s in MessageStatus]}, **PAGE_QUERY}}
+
+
+def blast_json(blast: Blast) -> dict[str, Any]:
+    return {"id": blast.id, "release_id": blast.release_id, "status": str(blast.status),
+            "lists": sorted(c.name for c in blast.lists), "filters": blast.filters or {},
+            "recipient_count": blast.recipient_count, "needs_approval": blast.needs_approval,
+            "paused_reason": blast.paused_reason, "resend_of_id": blast.resend_of_id,
+            **{name: iso(getattr(blast, name)) for name in (
+                "send_at", "start_before", "stop_after", "started_at", "finished_at",
+                "approved_at", "created_at")}}
+
+
+def delivery_json(row: QueuedMessage) -> dict[str, Any]:
+    return {"id": row.id, "contact_id": row.contact_id, "email": row.email,
+            "status": str(row.status), "attempts": row.attempts, "message_id": row.message_id,
+            "last_smtp_code": row.last_smtp_code, "last_smtp_reply": row.last_smtp_reply,
+            "sent_at": iso(row.sent_at), "next_attempt_at": iso(row.next_attempt_at)}
+
+
+def _when(body: dict[str, Any], name: str) -> datetime | None:
+    raw = body.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(FieldError(name, "is not an ISO 8601 date-time")) from None
+    if value.tzinfo is None:
+        raise ValidationError(FieldError(name, "needs a time zone"))
+    return value
+
+
+@registry.route("/blasts", "GET", summary="List blasts", tag="blasts", query=BLAST_QUERY,
+                response=page_schema(BLAST), errors=(400,))
+def list_blasts(query: dict[str, Any]) -> Response:
+    rows = blasts.list_blasts(db_session(), status=query.get("status"))
+    offset, limit = query.get("offset", 0), query.get("limit", 50)
+    return json_response({"items": [blast_json(b) for b in rows[offset:offset + limit]],
+                          "total": len(rows), "offset": offset, "limit": limit})
+
+
+@registry.route("/blasts", "POST", summary="Create a blast (scheduled unless schedule=false)",
+                tag="blasts", body=BLAST_CREATE, response=BLAST, status=201, errors=(400, 409))
+def create_blast(body: dict[str, Any]) -> Response:
+    session = db_session()
+    blast = blasts.create_blast(
+        session, current_settings(), release_id=body["release_id"], list_names=body["lists"],
+        filters=body.get("filters"), send_at=_when(body, "send_at"),
+        start_before=_when(body, "start_before"), stop_after=_when(body, "stop_after"),
+        actor=actor(), now=utcnow(), schedule=body.get("schedule", True))
+    session.commit()
+    return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})
+
+
+@registry.route("/blasts/<int:blast_id>", "GET", summary="A blast with its progress counts",
+                tag="blasts", response=BLAST, errors=(404,))
+def get_blast(blast_id: int) -> Response:
+    session = db_session()
+    blast = blasts.get_blast(session, blast_id)
+    progress = blasts.blast_progress(session, blast_id, now=utcnow())
+    return json_response({**blast_json(blast), "progress": {**progress,
+                                                            "status": str(progress["status"])}})
+
+
+@registry.route("/blasts/<int:blast_id>/progress", "GET", summary="Counts per status, rate, ETA",
+                tag="blasts", response=PROGRESS, errors=(404,))
+def get_blast_progress(blast_id: int) -> Response:
+    progress = blasts.blast_progress(db_session(), blast_id, now=utcnow())
+    return json_response({**progress, "status": str(progress["status"])})
+
+
+@registry.route("/blasts/<int:blast_id>/deliveries", "GET", summary="The blast's ledger rows",
+                tag="blasts", query=DELIVERY_QUERY, response=page_schema(DELIVERY),
+                errors=(400, 404))
+def list_deliveries(blast_id: int, query: dict[str, Any]) -> Response:
+    session = db_session()
+    offset, limit = query.get("offset", 0), query.get("limit", 50)
+    status = query.get("status")
+    rows = blasts.list_deliveries(session, blast_id, status=status, offset=offset, limit=limit)
+    total = blasts.blast_counts(session, blast_id)
+    return json_response({"items": [delivery_json(r) for r in rows],
+                          "total": total[status] if status else sum(total.values()),
+                          "offset": offset, "limit": limit})
+
+
+@registry.route("/blasts/<int:blast_id>/schedule", "POST", summary="Schedule a draft",
+                tag="blasts", body=SCHEDULE, response=BLAST, errors=(400, 404, 409))
+def schedule_blast(blast_id: int, body: dict[str, Any]) -> Response:
+    send_at = _when(body, "send_at")
+    assert send_at is not None
+    return _change(blasts.schedule_blast, blast_id, send_at=send_at, settings=current_settings())
+
+
+def _change(action: Any, blast_id: int, **kwargs: Any) -> Response:
+    session = db_session()
+    blast = action(session, blast_id, actor=actor(), now=utcnow(), **kwargs)
+    session.commit()
+    return json_response(blast_json(blast))
+
+
+def _state_route(verb: str, summary: str) -> None:
+    domain = getattr(blasts, f"{verb}_blast")
+
+    def view(blast_id: int) -> Response:
+        extra = {"settings": current_settings()} if verb == "approve" else {}
+        return _change(domain, blast_id, **extra)
+
+    view.__name__ = f"{verb}_blast"
+    registry.route(f"/blasts/<int:blast_id>/{verb}", "POST", summary=summary, tag="blasts",
+                   response=BLAST, errors=(404, 409))(view)
+
+
+_state_route("pause", "Pause a running blast")
+_state_route("resume", "Resume a paused blast where it stopped")
+_state_route("cancel", "Cancel a blast (rows not sent stay unsent)")
+_state_route("approve", "Approve a blast waiting for a sender")
+
+
+@registry.route("/blasts/<int:blast_id>/resend-to-unsent", "POST",
+                summary="A new blast to the contacts who did not get this one", tag="blasts",
+                response=BLAST, status=201, errors=(404, 409))
+def resend_to_unsent(blast_id: int) -> Response:
+    session = db_session()
+    blast = blasts.resend_to_unsent(session, current_settings(), blast_id, actor=actor(),
+                                    now=utcnow())
+    session.commit()
+    return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})

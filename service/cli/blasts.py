@@ -1,0 +1,144 @@
+"""`communique blasts create|list|show|pause|resume|cancel|deliveries`."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from service.cli.context import Context, emit, json_option, pass_context
+from service.db import utcnow
+from service.delivery.blasts import (
+    blast_progress,
+    cancel_blast,
+    create_blast,
+    export_deliveries_csv,
+    list_blasts,
+    list_deliveries,
+    pause_blast,
+    resume_blast,
+)
+from service.errors import FieldError, ValidationError
+
+ACTOR = "cli"
+
+
+def register(main: click.Group) -> None:
+    main.add_command(blasts)
+
+
+def _parse_time(value: str | None, context: Context, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(FieldError(field, f"{value!r} is not an ISO-8601 time")) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=context.settings.zone)
+
+
+@click.group()
+def blasts() -> None:
+    """Send a release to contact lists, now or at a set time."""
+
+
+@blasts.command("create")
+@click.option("--release", "release_id", type=int, required=True, help="Release id.")
+@click.option("--list", "list_names", multiple=True, required=True, help="Contact list name (repeatable).")
+@click.option("--at", "send_at", help="Send time, ISO-8601 (office time zone when none given); default now.")
+@click.option("--start-before", help="Do not start after this time (ISO-8601).")
+@click.option("--stop-after", help="Stop sending after this time (ISO-8601).")
+@click.option("--language", multiple=True, help="Only contacts in this language (repeatable).")
+@click.option("--country", multiple=True, help="Only contacts in this country, ISO code (repeatable).")
+@click.option("--media-type", multiple=True, help="Only this media type (repeatable).")
+@click.option("--tag", multiple=True, help="Only contacts with any of these tags (repeatable).")
+@json_option
+@pass_context
+def create(context: Context, release_id: int, list_names: tuple[str, ...], send_at: str | None,
+           start_before: str | None, stop_after: str | None, language: tuple[str, ...],
+           country: tuple[str, ...], media_type: tuple[str, ...], tag: tuple[str, ...],
+           as_json: bool) -> None:
+    """Create a blast; without --at it starts now."""
+    filters = {k: list(v) for k, v in (("languages", language), ("countries", country),
+                                       ("media_types", media_type), ("tags", tag)) if v}
+    with context.session() as session:
+        blast = create_blast(session, context.settings, release_id=release_id, list_names=list_names,
+                             filters=filters, send_at=_parse_time(send_at, context, "at"),
+                             start_before=_parse_time(start_before, context, "start_before"),
+                             stop_after=_parse_time(stop_after, context, "stop_after"),
+                             actor=ACTOR, now=utcnow())
+        data = {"id": blast.id, "status": str(blast.status), "recipients": blast.recipient_count}
+        when = blast.send_at.isoformat() if blast.send_at else "now"
+    emit(data, as_json, f"blast {data['id']}: {data['status']}, {data['recipients']} recipients, "
+                        f"send at {when}")
+
+
+@blasts.command("list")
+@json_option
+@pass_context
+def list_(context: Context, as_json: bool) -> None:
+    """List blasts, newest first."""
+    with context.session() as session:
+        rows = [{"id": b.id, "release_id": b.release_id, "status": str(b.status),
+                 "send_at": b.send_at.isoformat() if b.send_at else None,
+                 "recipients": b.recipient_count} for b in list_blasts(session)]
+    lines = [f"{r['id']:>5}  {r['status']:<10} release {r['release_id']:<5} {r['recipients']:>7} "
+             f"recipients  {r['send_at'] or ''}" for r in rows]
+    emit(rows, as_json, "\n".join(lines) or "no blasts")
+
+
+@blasts.command("show")
+@click.argument("blast_id", type=int)
+@json_option
+@pass_context
+def show(context: Context, blast_id: int, as_json: bool) -> None:
+    """Progress of a blast: counts per delivery status, rate and ETA."""
+    with context.session() as session:
+        data = blast_progress(session, blast_id, now=utcnow())
+    counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items())
+    text = f"blast {blast_id}: {data['status']}; {counts}; {data['rate']} msgs/s; eta {data['eta'] or '-'}"
+    if data.get("paused_reason"):
+        text += f"\npaused: {data['paused_reason']}"
+    emit(data, as_json, text)
+
+
+def _state_command(name: str, action: Any, help_text: str) -> None:
+    @blasts.command(name, help=help_text)
+    @click.argument("blast_id", type=int)
+    @json_option
+    @pass_context
+    def command(context: Context, blast_id: int, as_json: bool) -> None:
+        with context.session() as session:
+            blast = action(session, blast_id, actor=ACTOR, now=utcnow())
+            data = {"id": blast.id, "status": str(blast.status)}
+        emit(data, as_json, f"blast {blast_id}: {data['status']}")
+
+
+_state_command("pause", pause_blast, "Pause a running blast (resume continues where it stopped).")
+_state_command("resume", resume_blast, "Resume a paused blast.")
+_state_command("cancel", cancel_blast, "Cancel a blast; nothing more is sent.")
+
+
+@blasts.command("deliveries")
+@click.argument("blast_id", type=int)
+@click.option("--status", help="Only rows in this status (queued, sending, sent, deferred, failed, bounced).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+@click.option("--limit", type=int, default=100, show_default=True, help="Rows shown without --csv.")
+@json_option
+@pass_context
+def deliveries(context: Context, blast_id: int, status: str | None, as_csv: bool, limit: int,
+               as_json: bool) -> None:
+    """Who got it: the ledger rows of a blast."""
+    with context.session() as session:
+        if as_csv:
+            export_deliveries_csv(session, blast_id, sys.stdout, status=status)
+            return
+        rows = [{"email": r.email, "status": str(r.status), "attempts": r.attempts,
+                 "smtp_code": r.last_smtp_code, "smtp_reply": r.last_smtp_reply,
+                 "sent_at": r.sent_at.isoformat() if r.sent_at else None}
+                for r in list_deliveries(session, blast_id, status=status, limit=limit)]
+    lines = [f"{r['status']:<9} {r['attempts']:>2}  {r['email']}  {r['smtp_code'] or ''} "
+             f"{r['smtp_reply'] or ''}" for r in rows]
+    emit(rows, as_json, "\n".join(lines) or "no deliveries")

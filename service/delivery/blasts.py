@@ -1,0 +1,485 @@
+"""Blasts: audience, schedule, pause, resume, cancel, approve; the atomic start that enqueues the
+ledger (`enqueue_blast`); finish and expiry; resend to the unsent; progress; test sends."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import IO, Any
+
+from sqlalchemy import String, Table, and_, cast, exists, func, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db import session_scope
+from service.delivery.queue import PENDING, housekeep
+from service.errors import Conflict, FieldError, NotFound, ValidationError
+from service.events import EventType, record_event
+from service.models import (
+    Blast,
+    BlastEvent,
+    BlastStatus,
+    Contact,
+    ContactList,
+    ContactStatus,
+    MessageStatus,
+    QueuedMessage,
+    Release,
+    Role,
+    Suppression,
+    list_memberships,
+)
+
+log = logging.getLogger(__name__)
+
+FILTER_KEYS = ("languages", "countries", "media_types", "tags")
+RATE_WINDOW_SECONDS = 60
+
+
+# ---- audience -------------------------------------------------------------------------------
+
+def clean_filters(filters: dict[str, Any] | None) -> dict[str, list[str]]:
+    """Validate filters: each key one of FILTER_KEYS, each value a list of non-empty strings."""
+    cleaned: dict[str, list[str]] = {}
+    for key, values in (filters or {}).items():
+        if key not in FILTER_KEYS:
+            raise ValidationError(FieldError(f"filters.{key}",
+                                             f"unknown filter; use {', '.join(FILTER_KEYS)}"))
+        if isinstance(values, str):
+            values = [v for v in values.split(",")]
+        if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
+            raise ValidationError(FieldError(f"filters.{key}", "must be a list of strings"))
+        values = [v.strip() for v in values if v.strip()]
+        if values:
+            cleaned[key] = values
+    return cleaned
+
+
+def _lists_by_name(session: Session, list_names: Sequence[str]) -> list[ContactList]:
+    names = list(dict.fromkeys(n.strip() for n in list_names if n and n.strip()))
+    if not names:
+        raise ValidationError(FieldError("lists", "choose at least one contact list"))
+    found = {c.name: c for c in session.scalars(select(ContactList).where(ContactList.name.in_(names)))}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValidationError([FieldError("lists", f"no list named {n!r}", value=n) for n in missing])
+    return [found[n] for n in names]
+
+
+def _audience_where(list_ids: Sequence[int], filters: dict[str, list[str]],
+                    resend_of_id: int | None = None) -> list[Any]:
+    """Conditions on Contact: on one of the lists, matching the filters, active, not suppressed.
+    Each contact once: membership is an IN (subquery), so no join multiplies rows."""
+    conditions: list[Any] = [
+        Contact.id.in_(select(list_memberships.c.contact_id)
+                       .where(list_memberships.c.list_id.in_(list(list_ids)))),
+        Contact.status == ContactStatus.active,
+        ~exists().where(Suppression.email_key == Contact.email_key),
+    ]
+    if languages := filters.get("languages"):
+        # "fr" also matches regional variants such as "fr-MA".
+        conditions.append(or_(func.lower(Contact.language).in_([v.lower() for v in languages]),
+                              *[func.lower(Contact.language).like(f"{v.lower()}-%") for v in languages]))
+    if countries := filters.get("countries"):
+        conditions.append(func.upper(Contact.country).in_([v.upper() for v in countries]))
+    if media_types := filters.get("media_types"):
+        conditions.append(func.lower(Contact.media_type).in_([v.lower() for v in media_types]))
+    if tags := filters.get("tags"):  # any of the tags
+        conditions.append(or_(*[Contact.tags.like(f"%,{t.lower()},%") for t in tags]))
+    if resend_of_id is not None:
+        conditions.append(Contact.id.in_(
+            select(QueuedMessage.contact_id).where(QueuedMessage.blast_id == resend_of_id,
+                                                   QueuedMessage.status != MessageStatus.sent)))
+        # Never a second copy: not to whoever got this release from any blast, nor to whoever is
+        # still pending in a live one (a resend clicked twice, an API retry).
+        release_id = select(Blast.release_id).where(Blast.id == resend_of_id).scalar_subquery()
+        live = (BlastStatus.scheduled, BlastStatus.running, BlastStatus.paused)
+        conditions.append(~Contact.id.in_(
+            select(QueuedMessage.contact_id).join(Blast, Blast.id == QueuedMessage.blast_id)
+            .where(Blast.release_id == release_id,
+                   or_(QueuedMessage.status == MessageStatus.sent,
+                       and_(Blast.status.in_(live), QueuedMessage.status.in_(PENDING))))))
+    return conditions
+
+
+def count_audience(session: Session, list_names: Sequence[str], filters: dict[str, Any] | None) -> int:
+    lists = _lists_by_name(session, list_names)
+    where = _audience_where([c.id for c in lists], clean_filters(filters))
+    return int(session.scalar(select(func.count()).select_from(Contact).where(*where)) or 0)
+
+
+def preview_audience(session: Session, list_names: Sequence[str], filters: dict[str, Any] | None,
+                     limit: int = 10) -> list[Contact]:
+    lists = _lists_by_name(session, list_names)
+    where = _audience_where([c.id for c in lists], clean_filters(filters))
+    return list(session.scalars(select(Contact).where(*where).order_by(Contact.id).limit(limit)))
+
+
+def _blast_where(blast: Blast) -> list[Any]:
+    return _audience_where([c.id for c in blast.lists], blast.filters or {}, blast.resend_of_id)
+
+
+def enqueue_blast(session: Session, settings: Settings, blast: Blast, *, now: datetime) -> int:
+    """Create the blast's ledger rows with one INSERT ... SELECT; returns how many were added.
+    The Message-ID is made here (a per-blast random token + the contact id), so every retry
+    sends the identical id."""
+    token = secrets.token_hex(8)
+    message_id = (literal("<c") + cast(Contact.id, String)
+                  + literal(f".b{blast.id}.{token}@{settings.message_id_domain}>"))
+    source = select(literal(blast.id), Contact.id, Contact.email, literal(str(MessageStatus.queued)),
+                    literal(0), message_id, literal(now, QueuedMessage.created_at.type),
+                    literal(now, QueuedMessage.updated_at.type)).where(*_blast_where(blast))
+    columns = ["blast_id", "contact_id", "email", "status", "attempts", "message_id",
+               "created_at", "updated_at"]
+    table: Table = QueuedMessage.__table__  # type: ignore[assignment]
+    insert = (postgresql.insert(table) if session.get_bind().dialect.name == "postgresql"
+              else sqlite.insert(table))
+    statement = insert.from_select(columns, source).on_conflict_do_nothing(
+        index_elements=["blast_id", "contact_id"])
+    session.execute(statement)
+    # Counted rather than taken from rowcount, which drivers do not all report for INSERT ... SELECT.
+    count = int(session.scalar(select(func.count()).select_from(QueuedMessage)
+                               .where(QueuedMessage.blast_id == blast.id)) or 0)
+    log.info("blast %s: queued %d messages", blast.id, count)
+    return count
+
+
+# ---- lifecycle ------------------------------------------------------------------------------
+
+def _event(session: Session, blast: Blast, action: str, actor: str | None, now: datetime,
+           detail: str | None = None) -> None:
+    session.add(BlastEvent(blast_id=blast.id, action=action, actor=actor, detail=detail, at=now))
+
+
+def get_blast(session: Session, blast_id: int) -> Blast:
+    blast = session.get(Blast, blast_id)
+    if blast is None:
+        raise NotFound(f"blast {blast_id} does not exist")
+    return blast
+
+
+def list_blasts(session: Session, status: str | None = None) -> list[Blast]:
+    query = select(Blast).order_by(Blast.id.desc())
+    if status:
+        query = query.where(Blast.status == status)
+    return list(session.scalars(query))
+
+
+def check_blast_times(*, send_at: datetime | None, start_before: datetime | None,
+                      stop_after: datetime | None, now: datetime) -> None:
+    """The schedule's times, checked before anything is stored (the schedule form calls it before
+    its confirmation step): aware, "do not start after" not before the send time, expiry after it."""
+    errors: list[FieldError] = []
+    for name, value in (("send_at", send_at), ("start_before", start_before), ("stop_after", stop_after)):
+        if value is not None and value.tzinfo is None:
+            errors.append(FieldError(name, "needs a time zone"))
+    if errors:
+        raise ValidationError(errors)
+    when = send_at or now
+    if start_before is not None and start_before < when:
+        errors.append(FieldError("start_before", "is before the send time"))
+    if stop_after is not None and stop_after <= when:
+        errors.append(FieldError("stop_after", "is not after the send time"))
+    if errors:
+        raise ValidationError(errors)
+
+
+def create_blast(session: Session, settings: Settings, *, release_id: int, list_names: Sequence[str],
+                 filters: dict[str, Any] | None = None, send_at: datetime | None = None,
+                 start_before: datetime | None = None, stop_after: datetime | None = None,
+                 actor: str | None = None, now: datetime, resend_of_id: int | None = None,
+                 schedule: bool = True, actor_role: str | None = None) -> Blast:
+    """Create a blast. Without `send_at` it starts now (its ledger rows exist on return). With
+    `schedule=False`, or an editor's blast when approval is required, it stays a draft."""
+    errors: list[FieldError] = []
+    release = session.get(Release, release_id)
+    if release is None:
+        errors.append(FieldError("release_id", f"release {release_id} does not exist"))
+    if errors:
+        raise ValidationError(errors)
+    check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after, now=now)
+    when = send_at or now
+    lists = _lists_by_name(session, list_names)
+    needs_approval = bool(settings.require_approval and actor_role == Role.editor)
+    blast = Blast(release_id=release_id, status=BlastStatus.draft, send_at=when, start_before=start_before,
+                  stop_after=stop_after, filters=clean_filters(filters), resend_of_id=resend_of_id,
+                  needs_approval=needs_approval, created_by=actor, created_at=now, updated_at=now)
+    blast.lists = lists
+    session.add(blast)
+    session.flush()
+    blast.recipient_count = int(session.scalar(
+        select(func.count()).select_from(Contact).where(*_blast_where(blast))) or 0)
+    _event(session, blast, "created", actor, now,
+           f"resend of blast {resend_of_id}" if resend_of_id else None)
+    if schedule and not needs_approval:
+        _schedule(session, settings, blast, when, actor, now)
+    session.flush()
+    return blast
+
+
+def _schedule(session: Session, settings: Settings | None, blast: Blast, send_at: datetime, actor: str | None,
+              now: datetime) -> None:
+    blast.status = BlastStatus.scheduled
+    blast.send_at = send_at
+    _event(session, blast, "scheduled", actor, now, send_at.isoformat())
+    session.flush()
+    if send_at <= now and settings is not None:
+        start_blast(session, settings, blast.id, now=now)
+
+
+def approve_blast(session: Session, blast_id: int, *, actor: str | None, now: datetime,
+                  settings: Settings | None = None) -> Blast:
+    """A sender approves an editor's draft: it is scheduled for its send time. Given `settings`, a
+    due blast starts at once; otherwise the scheduler starts it on its next run."""
+    blast = get_blast(session, blast_id)
+    if blast.status != BlastStatus.draft or not blast.needs_approval or blast.approved_at:
+        raise Conflict(f"blast {blast_id} is not waiting for approval")
+    blast.approved_by, blast.approved_at = actor, now
+    _event(session, blast, "approved", actor, now)
+    send_at = blast.send_at if blast.send_at and blast.send_at > now else now
+    _schedule(session, settings, blast, send_at, actor, now)
+    return blast
+
+
+def schedule_blast(session: Session, blast_id: int, *, send_at: datetime, actor: str | None,
+                   now: datetime, settings: Settings | None = None) -> Blast:
+    blast = get_blast(session, blast_id)
+    if blast.status != BlastStatus.draft:
+        raise Conflict(f"blast {blast_id} is {blast.status}; only a draft can be scheduled")
+    if blast.needs_approval and not blast.approved_at:
+        raise Conflict(f"blast {blast_id} needs a sender's approval first")
+    if send_at.tzinfo is None:
+        raise ValidationError(FieldError("send_at", "needs a time zone"))
+    _schedule(session, settings, blast, send_at, actor, now)
+    return blast
+
+
+def reschedule_blast(session: Session, blast_id: int, *, send_at: datetime, actor: str | None,
+                     now: datetime, settings: Settings | None = None) -> Blast:
+    blast = get_blast(session, blast_id)
+    if blast.status not in (BlastStatus.scheduled, BlastStatus.draft):
+        raise Conflict(f"blast {blast_id} is {blast.status}; it can no longer be rescheduled")
+    if send_at.tzinfo is None:
+        raise ValidationError(FieldError("send_at", "needs a time zone"))
+    if blast.status == BlastStatus.draft:
+        blast.send_at = send_at
+        _event(session, blast, "rescheduled", actor, now, send_at.isoformat())
+        return blast
+    blast.send_at = send_at
+    _event(session, blast, "rescheduled", actor, now, send_at.isoformat())
+    session.flush()
+    if send_at <= now and settings is not None:
+        start_blast(session, settings, blast.id, now=now)
+    return blast
+
+
+def _transition(session: Session, blast_id: int, allowed: Sequence[BlastStatus], target: BlastStatus,
+                verb: str, **values: Any) -> Blast:
+    """Change status only from an allowed one, with a guarded UPDATE (a worker may race us)."""
+    blast = get_blast(session, blast_id)
+    result = session.execute(update(Blast).where(Blast.id == blast_id, Blast.status.in_(allowed))
+                             .values(status=target, **values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(blast)
+        raise Conflict(f"blast {blast_id} is {blast.status}; it cannot be {verb}")
+    session.refresh(blast)
+    return blast
+
+
+def pause_blast(session: Session, blast_id: int, *, actor: str | None, now: datetime,
+                reason: str | None = None) -> Blast:
+    """Stop claiming the blast's rows; messages already handed to the relay still get recorded."""
+    blast = _transition(session, blast_id, [BlastStatus.running], BlastStatus.paused, "paused",
+                        paused_reason=reason or f"paused by {actor or 'someone'}", updated_at=now)
+    _event(session, blast, "paused", actor, now, reason)
+    record_event(session, EventType.blast_paused, {"blast_id": blast.id, "reason": blast.paused_reason},
+                 now=now)
+    return blast
+
+
+def resume_blast(session: Session, blast_id: int, *, actor: str | None, now: datetime) -> Blast:
+    """Continue exactly where it stopped: only rows not yet sent are claimed again."""
+    blast = _transition(session, blast_id, [BlastStatus.paused], BlastStatus.running, "resumed",
+                        paused_reason=None, updated_at=now)
+    _event(session, blast, "resumed", actor, now)
+    return blast
+
+
+def cancel_blast(session: Session, blast_id: int, *, actor: str | None, now: datetime) -> Blast:
+    """Nothing more is sent; rows not yet sent stay `queued` in the ledger (see resend_to_unsent)."""
+    blast = _transition(session, blast_id, [BlastStatus.draft, BlastStatus.scheduled, BlastStatus.running,
+                                            BlastStatus.paused], BlastStatus.cancelled, "cancelled",
+                        finished_at=now, updated_at=now)
+    _event(session, blast, "cancelled", actor, now)
+    return blast
+
+
+def start_blast(session: Session, settings: Settings, blast_id: int, *, now: datetime) -> bool:
+    """The one atomic start: only the caller whose UPDATE moves scheduled -> running enqueues, in
+    the same transaction, so two schedulers never start a blast twice and a crash in between
+    cannot leave a running blast without rows."""
+    result = session.execute(
+        update(Blast).where(Blast.id == blast_id, Blast.status == BlastStatus.scheduled,
+                            Blast.send_at <= now,
+                            or_(Blast.start_before.is_(None), Blast.start_before >= now))
+        .values(status=BlastStatus.running, started_at=now, updated_at=now)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    blast = get_blast(session, blast_id)
+    session.refresh(blast)
+    count = enqueue_blast(session, settings, blast, now=now)
+    blast.recipient_count = count
+    _event(session, blast, "started", None, now, f"{count} recipients")
+    record_event(session, EventType.blast_started,
+                 {"blast_id": blast.id, "release_id": blast.release_id, "recipients": count}, now=now)
+    session.flush()
+    return True
+
+
+def run_due_blasts(session_factory: sessionmaker[Session] | Callable[[], Session], settings: Settings, *,
+                   now: datetime) -> list[int]:
+    """Expire blasts past their "do not start after", start the due ones (each in its own
+    transaction), then housekeeping (stale claims, finished blasts, "stop sending after").
+    Returns the ids of the blasts this call started."""
+    started: list[int] = []
+    with session_scope(session_factory) as session:  # type: ignore[arg-type]
+        expired = list(session.scalars(select(Blast.id).where(
+            Blast.status == BlastStatus.scheduled, Blast.send_at <= now, Blast.start_before < now)))
+        for blast_id in expired:
+            result = session.execute(update(Blast).where(Blast.id == blast_id,
+                                                         Blast.status == BlastStatus.scheduled)
+                                     .values(status=BlastStatus.expired, finished_at=now, updated_at=now))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                session.add(BlastEvent(blast_id=blast_id, action="expired", at=now,
+                                       detail="not started before its \"do not start after\" time"))
+                log.warning("blast %s: expired before it could start", blast_id)
+        due = list(session.scalars(select(Blast.id).where(Blast.status == BlastStatus.scheduled,
+                                                          Blast.send_at <= now).order_by(Blast.send_at)))
+    for blast_id in due:
+        with session_scope(session_factory) as session:  # type: ignore[arg-type]
+            if start_blast(session, settings, blast_id, now=now):
+                started.append(blast_id)
+    with session_scope(session_factory) as session:  # type: ignore[arg-type]
+        housekeep(session, settings, now=now)
+    return started
+
+
+def resend_to_unsent(session: Session, settings: Settings, blast_id: int, *, actor: str | None,
+                     now: datetime, send_at: datetime | None = None) -> Blast:
+    """A new blast of the same release to the contacts of `blast_id` who did not get it (their row
+    is not `sent`), still active and not suppressed."""
+    original = get_blast(session, blast_id)
+    if original.status not in (BlastStatus.finished, BlastStatus.cancelled, BlastStatus.expired):
+        raise Conflict(f"blast {blast_id} is {original.status}; resend once it is finished, "
+                       "cancelled or expired")
+    return create_blast(session, settings, release_id=original.release_id,
+                        list_names=[c.name for c in original.lists], filters=original.filters,
+                        send_at=send_at, actor=actor, now=now, resend_of_id=original.id)
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+def blast_counts(session: Session, blast_id: int) -> dict[str, int]:
+    counts = {str(s): 0 for s in MessageStatus}
+    for status, n in session.execute(select(QueuedMessage.status, func.count())
+                                     .where(QueuedMessage.blast_id == blast_id)
+                                     .group_by(QueuedMessage.status)):
+        counts[status] = int(n)
+    return counts
+
+
+def blast_progress(session: Session, blast_id: int, *, now: datetime) -> dict[str, Any]:
+    """Counts per ledger status, the send rate over the last minute (msgs/s) and an ETA."""
+    blast = get_blast(session, blast_id)
+    counts = blast_counts(session, blast_id)
+    since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
+    recent = int(session.scalar(select(func.count()).select_from(QueuedMessage).where(
+        QueuedMessage.blast_id == blast_id, QueuedMessage.sent_at >= since)) or 0)
+    first = session.scalar(select(func.min(QueuedMessage.sent_at)).where(
+        QueuedMessage.blast_id == blast_id, QueuedMessage.sent_at >= since))
+    span = max((now - first).total_seconds(), 1.0) if first else RATE_WINDOW_SECONDS
+    rate = round(recent / span, 2) if recent else 0.0
+    remaining = sum(counts[s] for s in PENDING)
+    eta = None
+    if blast.status == BlastStatus.running and remaining and rate:
+        eta = (now + timedelta(seconds=remaining / rate)).isoformat()
+    return {"id": blast.id, "status": blast.status, "counts": counts,
+            "recipients": blast.recipient_count or sum(counts.values()), "rate": rate, "eta": eta,
+            "paused_reason": blast.paused_reason}
+
+
+def list_deliveries(session: Session, blast_id: int, *, status: str | None = None, offset: int = 0,
+                    limit: int = 100) -> list[QueuedMessage]:
+    get_blast(session, blast_id)
+    query = select(QueuedMessage).where(QueuedMessage.blast_id == blast_id).order_by(QueuedMessage.id)
+    if status:
+        if status not in MessageStatus.__members__:
+            raise ValidationError(FieldError("status", f"unknown status {status!r}"))
+        query = query.where(QueuedMessage.status == status)
+    return list(session.scalars(query.offset(offset).limit(limit)))
+
+
+def export_deliveries_csv(session: Session, blast_id: int, out: IO[str], *, status: str | None = None) -> int:
+    """Write the ledger rows as CSV (streamed in pages, never the whole blast in memory)."""
+    from service.contacts.store import neutralize_formula  # here: workers do not need the contact stack
+
+    writer = csv.writer(out)
+    writer.writerow(["email", "contact_id", "status", "attempts", "last_smtp_code", "last_smtp_reply",
+                     "message_id", "sent_at", "next_attempt_at"])
+    offset, written = 0, 0
+    while page := list_deliveries(session, blast_id, status=status, offset=offset, limit=1000):
+        for row in page:
+            # Text cells pass through the contacts export's formula guard: an SMTP reply is
+            # written by a remote server and an address may start with "=" or "-".
+            writer.writerow([neutralize_formula(row.email), row.contact_id, row.status, row.attempts,
+                             row.last_smtp_code or "", neutralize_formula(row.last_smtp_reply),
+                             neutralize_formula(row.message_id),
+                             row.sent_at.isoformat() if row.sent_at else "",
+                             row.next_attempt_at.isoformat() if row.next_attempt_at else ""])
+        written += len(page)
+        offset += len(page)
+        session.expunge_all()
+    return written
+
+
+# ---- test sends -----------------------------------------------------------------------------
+
+def send_test(session: Session, settings: Settings, release_id: int, addresses: Sequence[str], *,
+              as_contact_id: int | None = None, now: datetime) -> list[dict[str, Any]]:
+    """Send the release, as `as_contact_id` would get it, to each address now; the subject is
+    marked [TEST] and nothing is written to the ledger. Returns one result per address."""
+    import asyncio
+    import dataclasses
+
+    from service.contacts.store import normalize_email
+    from service.delivery.smtp import send_each
+    from service.rendering.prepare import Recipient, new_message_id, prepare_release
+
+    cleaned = [normalize_email(a)[0] for a in addresses if a and a.strip()]
+    if not cleaned:
+        raise ValidationError(FieldError("addresses", "give at least one address"))
+    if len(cleaned) > 20:
+        raise ValidationError(FieldError("addresses", "at most 20 test addresses at a time"))
+    contact = None
+    if as_contact_id is not None:
+        contact = session.get(Contact, as_contact_id)
+        if contact is None:
+            raise ValidationError(FieldError("as_contact_id", f"contact {as_contact_id} does not exist"))
+    prepared = prepare_release(session, release_id, settings)
+    messages = []
+    for address in cleaned:
+        recipient = (dataclasses.replace(Recipient.from_contact(contact), email=address, contact_id=None)
+                     if contact
+                     else Recipient(email=address))
+        messages.append((address, prepared.render_bytes(recipient, message_id=new_message_id(settings),
+                                                        now=now, test=True)))
+    results = asyncio.run(send_each(settings, prepared.envelope_from, messages))
+    log.info("release %s: test send to %d addresses", release_id, len(messages))
+    return [{"address": address, "outcome": str(result.outcome), "smtp_code": result.smtp_code,
+             "smtp_reply": result.smtp_reply}
+            for (address, _), (result, _duration) in zip(messages, results, strict=True)]

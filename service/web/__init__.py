@@ -1,0 +1,254 @@
+"""Blueprint "web": the press office's HTML pages. Thin: parse the form, call one domain
+function, render. Accounts, language and the dashboard live here; each domain's pages live in
+web_contacts.py, web_releases.py, web_blasts.py and web_outbox.py on the same blueprint."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError
+from werkzeug.wrappers import Response
+
+from service.accounts import users as accounts
+from service.db import utcnow
+from service.errors import Conflict, NotFound, ValidationError
+from service.http.context import current_settings, db_session
+from service.web import auth, i18n
+from service.web.auth import current_user, login_required, role_required
+from service.web.forms import ActionForm, LanguageForm, LoginForm, PreferencesForm, UserForm, csrf
+from service.web.i18n import _
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("web", __name__)
+
+__all__ = ["bp", "csrf", "init_app", "render_form"]
+
+
+def init_app(app: Flask) -> None:
+    from service.web import blasts, contacts, outbox, releases  # noqa: F401  (register views)
+
+    csrf.init_app(app)
+    i18n.init_app(app)
+    # Per app (so tests do not share counts): ten failures per address, fifty per client address.
+    app.extensions["login_throttles"] = (auth.LoginThrottle(limit=10), auth.LoginThrottle(limit=50))
+    app.register_blueprint(bp)
+    app.context_processor(_template_globals)
+    app.register_error_handler(CSRFError, _csrf_error)
+
+
+def _template_globals() -> dict[str, Any]:
+    user = current_user() if request.blueprint == "web" else None
+    settings = current_settings()
+    return {
+        "current_user": user,
+        "can_edit": bool(user and accounts.can_edit(user)),
+        "can_send": bool(user and accounts.can_send(user, settings)),
+        "can_approve": bool(user and accounts.can_approve(user)),
+        "is_admin": bool(user and accounts.is_admin(user)),
+        "action_form": ActionForm(formdata=None),  # only renders its token; never reads the body
+        "office_zone": settings.timezone,
+    }
+
+
+_CSRF_MESSAGE = "The form expired or was sent from another site. Reload the page and try again."
+
+
+def _csrf_error(error: CSRFError) -> tuple[str, int]:
+    return render_template("error.html", title=_("Form expired"),
+                           message=_(_CSRF_MESSAGE)), 400
+
+
+# ---- one error handler for the blueprint ---------------------------------------
+
+def render_form(template: str, form: FlaskForm | None = None, **context: Any) -> str:
+    """Render a form page, remembering it so a ValidationError from the domain call that follows
+    is shown next to the fields (see `_validation_error`)."""
+    g.form_page = (template, form, context)
+    return render_template(template, form=form, **context)
+
+
+def remember_form(template: str, form: FlaskForm | None = None, **context: Any) -> None:
+    g.form_page = (template, form, context)
+
+
+@bp.errorhandler(ValidationError)
+def _validation_error(error: ValidationError) -> tuple[str, int]:
+    db_session().rollback()
+    general: list[str] = []
+    page = g.get("form_page")
+    form = page[1] if page else None
+    for item in error.errors:
+        reason = i18n.translate_reason(item.reason)
+        if item.row is not None:
+            reason = _("row %(row)s", row=item.row) + (f", {item.field}" if item.field else "") \
+                + f": {reason}"
+            general.append(reason)
+        elif form is not None and item.field and item.field in form:
+            form[item.field].errors = [*form[item.field].errors, reason]  # type: ignore[list-item]
+        else:
+            general.append(f"{item.field}: {reason}" if item.field else reason)
+    if page is None:
+        return render_template("error.html", title=_("Invalid input"), messages=general), 400
+    template, form, context = page
+    return render_template(template, form=form, errors=general, **context), 400
+
+
+@bp.errorhandler(NotFound)
+def _not_found(error: NotFound) -> tuple[str, int]:
+    db_session().rollback()
+    return render_template("error.html", title=_("Not found"),
+                           message=_("This page does not exist or was deleted.")), 404
+
+
+@bp.errorhandler(Conflict)
+def _conflict(error: Conflict) -> Response | tuple[str, int]:
+    db_session().rollback()
+    flash(i18n.translate_reason(str(error)), "error")
+    target = request.referrer
+    if target and _is_local(target):
+        return redirect(target, code=303)
+    return render_template("error.html", title=_("Not possible now"), message=str(error)), 409
+
+
+@bp.errorhandler(413)
+def _too_large(_error: Exception) -> tuple[str, int]:
+    limit = current_settings().upload_max_bytes
+    size = _("%(count)s MB", count=f"{limit / 1048576:g}") if limit >= 1048576 \
+        else _("%(count)s KB", count=f"{limit / 1024:g}")
+    return render_template("error.html", title=_("File too large"),
+                           message=_("The file is larger than %(size)s. Choose a smaller file.",
+                                     size=size)), 413
+
+
+@bp.errorhandler(403)
+def _forbidden(_error: Exception) -> tuple[str, int]:
+    return render_template("error.html", title=_("Not allowed"),
+                           message=_("Your role does not allow this action.")), 403
+
+
+def _is_local(target: str) -> bool:
+    return _is_local_path(target) or urlsplit(target).netloc == request.host
+
+
+def _is_local_path(target: str) -> bool:
+    """A path on this site: browsers drop tabs and newlines and read a backslash as a slash, so
+    `/<tab>/evil.example` or `/\\evil.example` would lead off-site; any such character is refused."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target \
+            or any(ord(c) <= 0x20 or c == "\x7f" for c in target):
+        return False
+    parts = urlsplit(target)
+    return parts.scheme == "" and parts.netloc == ""
+
+
+def _safe_next(target: str | None) -> str:
+    return target if target and _is_local_path(target) else url_for("web.dashboard")
+
+
+# ---- accounts -----------------------------------------------------------------
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | str | tuple[str, int]:
+    form = LoginForm(next=request.args.get("next", ""))
+    if form.validate_on_submit():
+        by_address, by_client = current_app.extensions["login_throttles"]
+        address, client = form.email.data.lower(), str(request.remote_addr)
+        if by_address.is_blocked(address) or by_client.is_blocked(client):
+            form.password.errors = [_("Too many failed attempts. Wait a few minutes and try again.")]
+            return render_template("login.html", form=form), 429
+        user = accounts.authenticate(db_session(), form.email.data, form.password.data, now=utcnow())
+        if user is None:
+            by_address.record_failure(address)
+            by_client.record_failure(client)
+            log.info("login failed from %s", request.remote_addr)
+            form.password.errors = [_("Wrong email address or password.")]
+            return render_template("login.html", form=form), 401
+        by_address.reset(address)
+        db_session().commit()
+        auth.login_user(user)
+        log.info("user %s: logged in", user.id)
+        return redirect(_safe_next(form.next.data), code=303)
+    return render_template("login.html", form=form)
+
+
+@bp.route("/logout", methods=["POST"])
+def logout() -> Response:
+    ActionForm().validate_on_submit()  # CSRFProtect already checked the token
+    auth.logout_user()
+    flash(_("You are signed out."), "info")
+    return redirect(url_for("web.login"), code=303)
+
+
+@bp.route("/language", methods=["POST"])
+def set_language() -> Response:
+    form = LanguageForm()
+    if form.validate_on_submit():
+        session["language"] = form.language.data
+        user = current_user()
+        if user is not None:
+            accounts.update_preferences(db_session(), user.id, language=form.language.data)
+            db_session().commit()
+    return redirect(_safe_next(form.next.data or request.referrer and urlsplit(request.referrer).path),
+                    code=303)
+
+
+@bp.route("/preferences", methods=["GET", "POST"])
+@login_required
+def preferences() -> Response | str:
+    user = current_user()
+    assert user is not None
+    form = PreferencesForm(obj=user)
+    if form.validate_on_submit():
+        remember_form("preferences.html", form)
+        accounts.update_preferences(db_session(), user.id, language=form.language.data,
+                                timezone=(form.timezone.data or "").strip())
+        db_session().commit()
+        g.pop("language", None)
+        flash(_("Preferences saved."), "info")
+        return redirect(url_for("web.preferences"), code=303)
+    return render_form("preferences.html", form)
+
+
+@bp.route("/users", methods=["GET", "POST"])
+@role_required(accounts.is_admin)
+def users() -> Response | str:
+    form = UserForm()
+    if form.validate_on_submit():
+        remember_form("users.html", form, users=accounts.list_users(db_session()))
+        accounts.create_user(db_session(), email=form.email.data, password=form.password.data,
+                         role=form.role.data, name=form.name.data or None, now=utcnow())
+        db_session().commit()
+        flash(_("Account created."), "info")
+        return redirect(url_for("web.users"), code=303)
+    return render_form("users.html", form, users=accounts.list_users(db_session()))
+
+
+# ---- dashboard ------------------------------------------------------------------
+
+@bp.route("/")
+@login_required
+def dashboard() -> str:
+    from service.web.blasts import dashboard_blasts
+
+    return render_template("dashboard.html", **dashboard_blasts())
+
+
+def abort_unless(condition: bool) -> None:
+    if not condition:
+        abort(403)

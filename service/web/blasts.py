@@ -1,0 +1,221 @@
+"""Blast pages: the schedule form (live recipient count, confirmation step), the blast page
+(live progress, per-recipient table, CSV export, pause/resume/cancel/approve/resend) and the
+dashboard's blast lists. Each view calls one function of `blasts`."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from typing import Any
+
+from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from service.accounts import users
+from service.contacts import store as contacts
+from service.db import utcnow
+from service.http.context import current_settings, db_session
+from service.models import BlastStatus, MediaType, MessageStatus, User
+from service.web import bp, remember_form, render_form
+from service.web.auth import current_user, login_required
+from service.web.forms import ScheduleForm, options
+from service.web.i18n import _, current_zone, format_time, utc_offset
+
+ACTIVE = (BlastStatus.scheduled, BlastStatus.running, BlastStatus.paused, BlastStatus.draft)
+DONE = (BlastStatus.finished, BlastStatus.cancelled, BlastStatus.expired)
+PAGE_SIZE = 100
+
+
+def dashboard_blasts() -> dict[str, Any]:
+    now = utcnow()
+    session = db_session()
+    every = _blasts().list_blasts(session)
+    active = [b for b in every if b.status in ACTIVE]
+    finished = [b for b in every if b.status in DONE][:10]
+    progress = {b.id: _blasts().blast_progress(session, b.id, now=now) for b in [*active, *finished]}
+    return {"active": active, "finished": finished, "progress": progress}
+
+
+def _blasts() -> Any:
+    from service.delivery import blasts
+
+    return blasts
+
+
+def _user() -> User:
+    user = current_user()
+    assert user is not None
+    return user
+
+
+def _progress(blast_id: int) -> dict[str, Any]:
+    """The blast's progress with its ETA already written in the user's time zone and language."""
+    data: dict[str, Any] = _blasts().blast_progress(db_session(), blast_id, now=utcnow())
+    eta = datetime.fromisoformat(data["eta"]) if data.get("eta") else None
+    data["eta_label"] = format_time(eta) if eta else "—"
+    data["status_label"] = _("status:" + str(data["status"]))
+    return data
+
+
+@bp.route("/blasts")
+@login_required
+def blasts_index() -> ResponseReturnValue:
+    every = _blasts().list_blasts(db_session(), status=request.args.get("status") or None)
+    return render_template("blasts/index.html", blasts=every, statuses=list(BlastStatus))
+
+
+# ---- the schedule form ----------------------------------------------------------
+
+def _audience_args(source: Any) -> tuple[list[str], dict[str, list[str]]]:
+    lists = [name for name in source.getlist("lists") if name]
+    filters: dict[str, list[str]] = {}
+    for field, key in (("language", "languages"), ("country", "countries"),
+                       ("media_type", "media_types"), ("tag", "tags")):
+        values = [v.strip() for v in (source.get(field) or "").split(",") if v.strip()]
+        if values:
+            filters[key] = values
+    return lists, filters
+
+
+def _local(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=current_zone()) if value is not None else None
+
+
+@bp.route("/audience-count")
+@login_required
+def audience_count() -> Response:
+    """The live recipient count beside the schedule form: after dedupe, status and suppression."""
+    lists, filters = _audience_args(request.args)
+    if not lists:
+        return jsonify(count=0, text=_("Choose at least one list."))
+    count = _blasts().count_audience(db_session(), lists, filters)
+    return jsonify(count=count, text=_("%(count)s recipients", count=count))
+
+
+@bp.route("/releases/<int:release_id>/schedule", methods=["GET", "POST"])
+@login_required
+def blast_new(release_id: int) -> ResponseReturnValue:
+    from service.releases import store as releases
+
+    session = db_session()
+    settings = current_settings()
+    release = releases.get_release(session, release_id)
+    form = ScheduleForm()
+    form.lists.choices = options([(name, f"{name} ({count})")
+                                  for name, count in contacts.list_counts(session)])
+    form.media_type.choices = options([("", _("All")), *[(m.value, _("media:" + m.value))
+                                                         for m in MediaType]])
+    zone = current_zone()
+    context = {"release": release, "zone": zone, "zone_name": str(zone.key),
+               "offset": utc_offset(utcnow(), zone)}
+    if not form.validate_on_submit():
+        return render_form("blasts/new.html", form, **context)
+    user = _user()
+    now = utcnow()
+    lists, filters = _audience_args(request.form)
+    send_at = None if form.send_now.data else _local(form.send_at.data)
+    if not form.send_now.data and send_at is None:
+        form.send_at.errors = [_("Choose a date and time, or tick “Send now”.")]
+        return render_form("blasts/new.html", form, **context), 400
+    start_before, stop_after = _local(form.start_before.data), _local(form.stop_after.data)
+    remember_form("blasts/new.html", form, **context)
+    _blasts().check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after,
+                                now=now)
+    may_schedule = users.can_send(user, settings)
+    if form.confirmed.data != "yes":
+        count = _blasts().count_audience(session, lists, filters)
+        first = _blasts().preview_audience(session, lists, filters, limit=10)
+        return render_form("blasts/confirm.html", form, count=count, first=first, send_at=send_at,
+                           start_before=start_before, stop_after=stop_after, lists=lists,
+                           may_schedule=may_schedule, **context)
+    remember_form("blasts/new.html", form, **context)
+    blast = _blasts().create_blast(session, settings, release_id=release.id, list_names=lists,
+                                filters=filters, send_at=send_at, start_before=start_before,
+                                stop_after=stop_after,
+                                actor=user.email, actor_role=user.role, now=now,
+                                schedule=may_schedule)
+    session.commit()
+    if blast.status == BlastStatus.draft:
+        flash(_("Blast saved. A sender must approve it before it is sent."), "info")
+    elif blast.status == BlastStatus.running:
+        flash(_("Sending has started."), "info")
+    else:
+        flash(_("Blast scheduled."), "info")
+    return redirect(url_for("web.blast_show", blast_id=blast.id), code=303)
+
+
+# ---- the blast page -------------------------------------------------------------
+
+@bp.route("/blasts/<int:blast_id>")
+@login_required
+def blast_show(blast_id: int) -> ResponseReturnValue:
+    session = db_session()
+    blast = _blasts().get_blast(session, blast_id)
+    status = request.args.get("status") or None
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    rows = _blasts().list_deliveries(session, blast_id, status=status, offset=(page - 1) * PAGE_SIZE,
+                                  limit=PAGE_SIZE + 1)
+    return render_template("blasts/show.html", blast=blast, rows=rows[:PAGE_SIZE],
+                           has_more=len(rows) > PAGE_SIZE, page=page, status=status,
+                           statuses=list(MessageStatus),
+                           progress=_progress(blast_id))
+
+
+@bp.route("/blasts/<int:blast_id>/progress.json")
+@login_required
+def blast_progress(blast_id: int) -> Response:
+    return jsonify(_progress(blast_id))
+
+
+@bp.route("/blasts/<int:blast_id>/deliveries.csv")
+@login_required
+def blast_export(blast_id: int) -> Response:
+    out = io.StringIO()
+    _blasts().export_deliveries_csv(db_session(), blast_id, out, status=request.args.get("status") or None)
+    return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}.csv"'})
+
+
+def _act(blast_id: int, action: str) -> ResponseReturnValue:
+    user = _user()
+    settings = current_settings()
+    session = db_session()
+    now = utcnow()
+    if action == "approve":
+        if not users.can_approve(user):
+            abort(403)
+        _blasts().approve_blast(session, blast_id, actor=user.email, now=now, settings=settings)
+        message = _("Blast approved and scheduled.")
+    else:
+        if not users.can_send(user, settings):
+            abort(403)
+        if action == "pause":
+            _blasts().pause_blast(session, blast_id, actor=user.email, now=now)
+            message = _("Blast paused.")
+        elif action == "resume":
+            _blasts().resume_blast(session, blast_id, actor=user.email, now=now)
+            message = _("Blast resumed.")
+        elif action == "schedule":
+            blast = _blasts().get_blast(session, blast_id)
+            send_at = blast.send_at if blast.send_at and blast.send_at > now else now
+            _blasts().schedule_blast(session, blast_id, send_at=send_at, actor=user.email, now=now,
+                                  settings=settings)
+            message = _("Blast scheduled.")
+        elif action == "cancel":
+            _blasts().cancel_blast(session, blast_id, actor=user.email, now=now)
+            message = _("Blast cancelled.")
+        else:
+            new = _blasts().resend_to_unsent(session, settings, blast_id, actor=user.email, now=now)
+            session.commit()
+            flash(_("A new blast sends the release to those who did not get it."), "info")
+            return redirect(url_for("web.blast_show", blast_id=new.id), code=303)
+    session.commit()
+    flash(message, "info")
+    return redirect(url_for("web.blast_show", blast_id=blast_id), code=303)
+
+
+@bp.route("/blasts/<int:blast_id>/<any(pause, resume, cancel, approve, resend, schedule):action>",
+          methods=["POST"])
+@login_required
+def blast_action(blast_id: int, action: str) -> ResponseReturnValue:
+    return _act(blast_id, action)
