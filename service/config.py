@@ -91,9 +91,6 @@ class Settings:
     def is_https(self) -> bool:
         return self.base_url.startswith("https://")
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:

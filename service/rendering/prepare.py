@@ -41,13 +41,13 @@ from service.errors import NotFound, RenderError
 from service.models import Release
 from service.releases.markdown import TEXT_WIDTH, html_to_text, markdown_to_html, plain_text, sanitize_html
 from service.rendering import mime
+from service.rendering.email_templates import TEMPLATES
 from service.rendering.recipient import Recipient
 from service.rendering.unsubscribe import TokenMaker
 from service.rendering.words import STRINGS, embargo_notice, greeting_for, human_size, language_of
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "email"
 _inliner: Any = None
 
 

@@ -62,10 +62,6 @@ def current_zone() -> ZoneInfo:
     return ZoneInfo(user.timezone) if user is not None and user.timezone else current_settings().zone
 
 
-def to_local(value: datetime) -> datetime:
-    return value.astimezone(current_zone())
-
-
 def utc_offset(value: datetime, zone: ZoneInfo) -> str:
     """'UTC+01:00' for the zone's offset at that instant."""
     offset = value.astimezone(zone).utcoffset()

@@ -14,7 +14,7 @@ from service.db import utcnow
 from service.errors import NotFound
 from service.http.context import current_settings, db_session
 from service.releases.store import get_release, has_started_blast
-from service.rendering.prepare import TEMPLATES as EMAIL_TEMPLATES
+from service.rendering.email_templates import TEMPLATES as EMAIL_TEMPLATES
 from service.rendering.prepare import release_context
 from service.rendering.unsubscribe import contact_for_token, token_fingerprint, unsubscribe_by_token
 from service.rendering.words import language_of
