@@ -1,6 +1,7 @@
 """Blueprint "web": the press office's HTML pages. Thin: parse the form, call one domain
-function, render. Accounts, language and the dashboard live here; each domain's pages live in
-web_contacts.py, web_releases.py, web_blasts.py and web_outbox.py on the same blueprint."""
+function, render. Here: the blueprint, its set-up and its one error handler per error; the pages
+of each area live beside it (accounts, contacts, releases, blasts, outbox) on the same blueprint;
+public.py is the journalists' blueprint (web copy, unsubscribe)."""
 
 from __future__ import annotations
 
@@ -11,38 +12,33 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Flask,
-    abort,
-    current_app,
     flash,
     g,
     redirect,
     render_template,
     request,
-    session,
-    url_for,
 )
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
 from werkzeug.wrappers import Response
 
-from service.accounts import users as accounts
-from service.db import utcnow
+from service.accounts import users
 from service.errors import Conflict, NotFound, ValidationError
 from service.http.context import current_settings, db_session
 from service.web import auth, i18n
-from service.web.auth import current_user, login_required, role_required
-from service.web.forms import ActionForm, LanguageForm, LoginForm, PreferencesForm, UserForm, csrf
+from service.web.auth import current_user
+from service.web.forms import ActionForm, csrf
 from service.web.i18n import _
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("web", __name__)
 
-__all__ = ["bp", "csrf", "init_app", "render_form"]
+__all__ = ["bp", "csrf", "init_app", "is_local_path", "remember_form", "render_form"]
 
 
 def init_app(app: Flask) -> None:
-    from service.web import blasts, contacts, outbox, releases  # noqa: F401  (register views)
+    from service.web import accounts, blasts, contacts, outbox, releases  # noqa: F401  (register views)
 
     csrf.init_app(app)
     i18n.init_app(app)
@@ -58,10 +54,10 @@ def _template_globals() -> dict[str, Any]:
     settings = current_settings()
     return {
         "current_user": user,
-        "can_edit": bool(user and accounts.can_edit(user)),
-        "can_send": bool(user and accounts.can_send(user, settings)),
-        "can_approve": bool(user and accounts.can_approve(user)),
-        "is_admin": bool(user and accounts.is_admin(user)),
+        "can_edit": bool(user and users.can_edit(user)),
+        "can_send": bool(user and users.can_send(user, settings)),
+        "can_approve": bool(user and users.can_approve(user)),
+        "is_admin": bool(user and users.is_admin(user)),
         "action_form": ActionForm(formdata=None),  # only renders its token; never reads the body
         "office_zone": settings.timezone,
     }
@@ -144,10 +140,10 @@ def _forbidden(_error: Exception) -> tuple[str, int]:
 
 
 def _is_local(target: str) -> bool:
-    return _is_local_path(target) or urlsplit(target).netloc == request.host
+    return is_local_path(target) or urlsplit(target).netloc == request.host
 
 
-def _is_local_path(target: str) -> bool:
+def is_local_path(target: str) -> bool:
     """A path on this site: browsers drop tabs and newlines and read a backslash as a slash, so
     `/<tab>/evil.example` or `/\\evil.example` would lead off-site; any such character is refused."""
     if not target.startswith("/") or target.startswith("//") or "\\" in target \
@@ -155,100 +151,3 @@ def _is_local_path(target: str) -> bool:
         return False
     parts = urlsplit(target)
     return parts.scheme == "" and parts.netloc == ""
-
-
-def _safe_next(target: str | None) -> str:
-    return target if target and _is_local_path(target) else url_for("web.dashboard")
-
-
-# ---- accounts -----------------------------------------------------------------
-
-@bp.route("/login", methods=["GET", "POST"])
-def login() -> Response | str | tuple[str, int]:
-    form = LoginForm(next=request.args.get("next", ""))
-    if form.validate_on_submit():
-        by_address, by_client = current_app.extensions["login_throttles"]
-        address, client = form.email.data.lower(), str(request.remote_addr)
-        if by_address.is_blocked(address) or by_client.is_blocked(client):
-            form.password.errors = [_("Too many failed attempts. Wait a few minutes and try again.")]
-            return render_template("login.html", form=form), 429
-        user = accounts.authenticate(db_session(), form.email.data, form.password.data, now=utcnow())
-        if user is None:
-            by_address.record_failure(address)
-            by_client.record_failure(client)
-            log.info("login failed from %s", request.remote_addr)
-            form.password.errors = [_("Wrong email address or password.")]
-            return render_template("login.html", form=form), 401
-        by_address.reset(address)
-        db_session().commit()
-        auth.login_user(user)
-        log.info("user %s: logged in", user.id)
-        return redirect(_safe_next(form.next.data), code=303)
-    return render_template("login.html", form=form)
-
-
-@bp.route("/logout", methods=["POST"])
-def logout() -> Response:
-    ActionForm().validate_on_submit()  # CSRFProtect already checked the token
-    auth.logout_user()
-    flash(_("You are signed out."), "info")
-    return redirect(url_for("web.login"), code=303)
-
-
-@bp.route("/language", methods=["POST"])
-def set_language() -> Response:
-    form = LanguageForm()
-    if form.validate_on_submit():
-        session["language"] = form.language.data
-        user = current_user()
-        if user is not None:
-            accounts.update_preferences(db_session(), user.id, language=form.language.data)
-            db_session().commit()
-    return redirect(_safe_next(form.next.data or request.referrer and urlsplit(request.referrer).path),
-                    code=303)
-
-
-@bp.route("/preferences", methods=["GET", "POST"])
-@login_required
-def preferences() -> Response | str:
-    user = current_user()
-    assert user is not None
-    form = PreferencesForm(obj=user)
-    if form.validate_on_submit():
-        remember_form("preferences.html", form)
-        accounts.update_preferences(db_session(), user.id, language=form.language.data,
-                                timezone=(form.timezone.data or "").strip())
-        db_session().commit()
-        g.pop("language", None)
-        flash(_("Preferences saved."), "info")
-        return redirect(url_for("web.preferences"), code=303)
-    return render_form("preferences.html", form)
-
-
-@bp.route("/users", methods=["GET", "POST"])
-@role_required(accounts.is_admin)
-def users() -> Response | str:
-    form = UserForm()
-    if form.validate_on_submit():
-        remember_form("users.html", form, users=accounts.list_users(db_session()))
-        accounts.create_user(db_session(), email=form.email.data, password=form.password.data,
-                         role=form.role.data, name=form.name.data or None, now=utcnow())
-        db_session().commit()
-        flash(_("Account created."), "info")
-        return redirect(url_for("web.users"), code=303)
-    return render_form("users.html", form, users=accounts.list_users(db_session()))
-
-
-# ---- dashboard ------------------------------------------------------------------
-
-@bp.route("/")
-@login_required
-def dashboard() -> str:
-    from service.web.blasts import dashboard_blasts
-
-    return render_template("dashboard.html", **dashboard_blasts())
-
-
-def abort_unless(condition: bool) -> None:
-    if not condition:
-        abort(403)

@@ -219,3 +219,14 @@ def _act(blast_id: int, action: str) -> ResponseReturnValue:
 @login_required
 def blast_action(blast_id: int, action: str) -> ResponseReturnValue:
     return _act(blast_id, action)
+
+
+@bp.route("/")
+@login_required
+def dashboard() -> str:
+    return render_template("dashboard.html", **dashboard_blasts())
+
+
+def abort_unless(condition: bool) -> None:
+    if not condition:
+        abort(403)
