@@ -8,20 +8,20 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY service ./service
+COPY templates ./templates
+COPY contacts ./contacts
+# A regular (not editable) install: the wheel carries templates/email/ and contacts/ as package data.
 RUN pip install . && python -m compileall -q /opt/venv/lib
 
-# Final stage: the virtualenv and the source only; no compiler, no pip cache, no root.
+# Final stage: the virtualenv only (the installed wheel); no source, no compiler, no pip cache, no root.
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --user-group --uid 10001 --home-dir /app --no-create-home communique \
     && mkdir -p /app/instance && chown communique:communique /app/instance
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY service ./service
-COPY templates ./templates
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     COMMUNIQUE_INSTANCE_PATH=/app/instance

@@ -21,8 +21,8 @@ from service.models import Release, User
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-DEMO_DATA = Path(__file__).resolve().parent.parent / "demo"
+DEMO_DATA = Path(__file__).resolve().parent.parent / "demo"  # shipped in the wheel
+SOURCE_ROOT = DEMO_DATA.parent.parent  # the checkout, when running from one (editable install)
 DEMO_EMAIL = "demo@communique.example"
 
 
@@ -89,9 +89,21 @@ def serve(context: Context, demo: bool, host: str, port: int, worker: bool) -> N
 
 
 def _demo_release_files() -> list[Path]:
-    shared = ROOT.parent / "shared" / "samples" / "releases"
+    shared = SOURCE_ROOT.parent / "shared" / "samples" / "releases"
     folder = shared if shared.is_dir() and any(shared.glob("*.md")) else DEMO_DATA / "releases"
     return sorted(folder.glob("*.md"))
+
+
+def _demo_contact_files() -> tuple[list[Path], list[Path]]:
+    """The sample lists: ./contacts/*.csv if there are any, else those shipped in the wheel
+    (setup.py ships contacts/ as service/demo/contacts/), else the checkout's contacts/.
+    Returns the files and the folders looked in."""
+    folders = [Path.cwd() / "contacts", DEMO_DATA / "contacts", SOURCE_ROOT / "contacts"]
+    for folder in folders:
+        files = sorted(folder.glob("*.csv"))
+        if files:
+            return files, folders
+    return [], folders
 
 
 def _load_demo(context: Context) -> None:
@@ -102,7 +114,11 @@ def _load_demo(context: Context) -> None:
 
     settings = context.settings
     now = utcnow()
-    for path in sorted((Path.cwd() / "contacts").glob("*.csv")) or sorted((ROOT / "contacts").glob("*.csv")):
+    contact_files, folders = _demo_contact_files()
+    if not contact_files:
+        click.echo("demo: no sample contact lists (*.csv) found in "
+                   + ", ".join(str(folder) for folder in folders) + "; no lists loaded", err=True)
+    for path in contact_files:
         with session_scope(context.session_factory) as session:
             report = import_contacts(session, path.read_bytes(), list_name=path.stem, now=now,
                                      source=f"demo: {path.name}")
@@ -110,7 +126,11 @@ def _load_demo(context: Context) -> None:
                        f"{len(report.rejected)} rejected")
     with session_scope(context.session_factory) as session:
         if session.scalar(select(Release.id).limit(1)) is None:
-            for path in _demo_release_files():
+            release_files = _demo_release_files()
+            if not release_files:
+                click.echo(f"demo: no sample releases (*.md) found in {DEMO_DATA / 'releases'}; "
+                           "no releases loaded", err=True)
+            for path in release_files:
                 release = create_release(session, settings, body=path.read_text(encoding="utf-8"),
                                          language="fr", actor="demo", now=now)
                 click.echo(f"demo: release {release.id}: {release.title}")

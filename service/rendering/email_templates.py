@@ -1,7 +1,12 @@
-"""Where the email templates are: the top-level templates/email/ of the source tree (their one source)."""
+"""Where the email templates are: one source, the top-level templates/email/, shipped in the wheel
+as service/email_templates/ (setup.py maps the folder to a package)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "email"
+_SERVICE = Path(__file__).resolve().parent.parent
+_INSTALLED = _SERVICE / "email_templates"  # an installed wheel
+_SOURCE = _SERVICE.parent / "templates" / "email"  # a checkout or an editable install
+
+TEMPLATES: Path = _INSTALLED if _INSTALLED.is_dir() else _SOURCE
