@@ -1,7 +1,9 @@
 """Quick side-by-side check while tuning: the bare aiosmtplib loop and one Communiqué worker,
 interleaved, same sink, same N; prints each pair and the ratio (this machine drifts, ratios less).
+`--pipelining both` also runs the worker with COMMUNIQUE_SMTP_PIPELINING=off (aiosmtplib's public
+path only) right after the pipelined one, so the fast path is measured against it.
 
-    .venv/bin/python bench/ab.py --n 10000 --pairs 2
+    .venv/bin/python bench/ab.py --n 10000 --pairs 2 --pipelining both
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra worker setting, e.g. COMMUNIQUE_BATCH_SIZE=1000 (repeatable)")
     parser.add_argument("--skip-ceiling", action="store_true")
+    parser.add_argument("--pipelining", choices=("auto", "off", "both"), default="auto",
+                        help="COMMUNIQUE_SMTP_PIPELINING for the worker; both: auto, then off")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
+    modes = ("auto", "off") if args.pipelining == "both" else (args.pipelining,)
     with sinks.running_sink() as sink:
         for _ in range(args.pairs):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -40,21 +45,23 @@ def main() -> None:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ceiling_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             ceiling_sys = after.ru_stime - before.ru_stime
-            if args.postgres_url:
-                result = endtoend.postgres_blast(args.postgres_url, sink.port, args.n, args.workers, 300,
-                                                 extra)
-            else:
-                result = endtoend.sqlite_blast(sink.port, args.n, 300, extra)
-            worker = result.messages / result.worker_seconds
-            total = result.messages / result.seconds
-            print(f"ceiling {ceiling:,.0f}/s  worker alone {worker:,.0f}/s ({worker / ceiling:.2f}x)  "
-                  f"end to end {total:,.0f}/s ({total / ceiling:.2f}x)  create {result.create_seconds:.2f}s  "
-                  f"rss {result.peak_rss_mb:.0f} MB  busy {result.busy_cores:.2f} cores  "
-                  f"load {os.getloadavg()[0]:.1f}  CPU µs/msg: ceiling "
-                  f"{ceiling_cpu / args.n * 1e6:.0f} (sys {ceiling_sys / args.n * 1e6:.0f}), worker "
-                  f"{result.cpu_seconds / args.n * 1e6:.0f} (sys {result.sys_seconds / args.n * 1e6:.0f})",
-                  flush=True)
-            time.sleep(0.5)
+            for mode in modes:
+                env = {"COMMUNIQUE_SMTP_PIPELINING": mode, **extra}
+                if args.postgres_url:
+                    result = endtoend.postgres_blast(args.postgres_url, sink.port, args.n, args.workers,
+                                                     300, env)
+                else:
+                    result = endtoend.sqlite_blast(sink.port, args.n, 300, env)
+                worker = result.messages / result.worker_seconds
+                total = result.messages / result.seconds
+                print(f"pipelining {mode:<4}  ceiling {ceiling:,.0f}/s  worker alone {worker:,.0f}/s "
+                      f"({worker / ceiling:.2f}x)  end to end {total:,.0f}/s ({total / ceiling:.2f}x)  "
+                      f"create {result.create_seconds:.2f}s  rss {result.peak_rss_mb:.0f} MB  "
+                      f"busy {result.busy_cores:.2f} cores  load {os.getloadavg()[0]:.1f}  CPU µs/msg: "
+                      f"ceiling {ceiling_cpu / args.n * 1e6:.0f} (sys {ceiling_sys / args.n * 1e6:.0f}), "
+                      f"worker {result.cpu_seconds / args.n * 1e6:.0f} "
+                      f"(sys {result.sys_seconds / args.n * 1e6:.0f})", flush=True)
+                time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """What Communiqué is compared with: the Python ceiling (a bare aiosmtplib loop sending pre-built
-bytes over pooled connections, one process) and a peer, the `mailmerge` CLI (PyPI).
+bytes over pooled connections, one process), a peer, the `mailmerge` CLI (PyPI), and for the
+delayed rows a bare chained-pipelining loop (what the delay line, the sink and this machine allow
+at one round trip per message).
 
     python bench/peers.py ceiling --port 2525 --n 5000 --sessions 16    # prints seconds as JSON
+    python bench/peers.py chained --port 2526 --n 3000 --sessions 8
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import asyncio
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,10 +47,65 @@ async def _ceiling(port: int, count: int, sessions: int) -> float:
     return elapsed
 
 
-def ceiling(port: int, count: int, sessions: int, timeout: float = 300) -> float:
-    """Seconds for the bare loop, run in its own process so it has a core to itself."""
+async def _chained(port: int, count: int, sessions: int) -> float:
+    """Communiqué's exchange without Communiqué: pre-built bytes over `sessions` connections,
+    each message's content followed in the same write by the next message's MAIL, RCPT and DATA
+    (RFC 2920), so one round trip per message; no database, no wait for a record."""
+    data = build_message(load_release(), "Hélène", "journaliste@redaction.example")
+    data = re.sub(rb"\r?\n", b"\r\n", data)
+    content = re.sub(rb"(?m)^\.", b"..", data) + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n"
+    remaining = iter(range(count))
+
+    async def reply(reader: asyncio.StreamReader) -> bytes:
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("the sink closed the connection")
+            if line[3:4] != b"-":
+                return line
+
+    def envelope(i: int) -> bytes:
+        return (b"MAIL FROM:<presse@onmt.example.org>\r\nRCPT TO:<journaliste.%d@redaction.example>"
+                b"\r\nDATA\r\n" % i)
+
+    async def replies(reader: asyncio.StreamReader, count: int) -> None:
+        for _ in range(count):
+            line = await reply(reader)
+            if line[:1] not in (b"2", b"3"):
+                raise RuntimeError(f"the sink refused: {line!r}")
+
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(sessions)]
+    for reader, writer in connections:
+        await reply(reader)
+        writer.write(b"EHLO bench.example\r\n")
+        await reply(reader)
+
+    async def send_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        current = next(remaining, None)
+        if current is None:
+            return
+        writer.write(envelope(current))
+        await replies(reader, 3)
+        while current is not None:
+            current = next(remaining, None)
+            writer.write(content + (envelope(current) if current is not None else b""))
+            await replies(reader, 4 if current is not None else 1)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(send_all(*connection) for connection in connections))
+    elapsed = time.perf_counter() - started
+    for reader, writer in connections:
+        writer.write(b"QUIT\r\n")
+        await reply(reader)
+        writer.close()
+    return elapsed
+
+
+def ceiling(port: int, count: int, sessions: int, timeout: float = 300, what: str = "ceiling") -> float:
+    """Seconds for the bare loop (or `what` = "chained"), run in its own process so it has a core
+    to itself."""
     result = subprocess.run(
-        [sys.executable, str(Path(__file__)), "ceiling", "--port", str(port), "--n", str(count),
+        [sys.executable, str(Path(__file__)), what, "--port", str(port), "--n", str(count),
          "--sessions", str(sessions)], capture_output=True, text=True, timeout=timeout, check=True)
     return float(json.loads(result.stdout.strip().splitlines()[-1])["seconds"])
 
@@ -105,12 +164,13 @@ def mailmerge(port: int, count: int, timeout: float = 300) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Peers of the benchmark")
-    parser.add_argument("what", choices=["ceiling"])
+    parser.add_argument("what", choices=["ceiling", "chained"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=16)
     args = parser.parse_args()
-    seconds = asyncio.run(asyncio.wait_for(_ceiling(args.port, args.n, args.sessions), 300))
+    loop = _ceiling if args.what == "ceiling" else _chained
+    seconds = asyncio.run(asyncio.wait_for(loop(args.port, args.n, args.sessions), 300))
     print(json.dumps({"seconds": seconds}))
 
 

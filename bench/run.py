@@ -1,11 +1,14 @@
 """One command for every benchmark: the wire limit, the Python ceiling, a peer, Communiqué end to
-end (one worker on SQLite, two on PostgreSQL), CSV import and preview latency, all with the same
-~11 KB French release and the same sink on 127.0.0.1. Prints a Markdown table (medians of
---runs interleaved runs, with ratios to the limit and to the ceiling) and writes the raw numbers
-to bench/results/<time>.json.
+end (one worker on SQLite, two on PostgreSQL), the same SQLite blast through a delay line of
+10 ms each way (bench/delay_proxy.py: a 20 ms round trip, as to a real relay) with 8 and 32
+connections, CSV import and preview latency, all with the same ~11 KB French release and the same
+sink on 127.0.0.1. Prints a Markdown table (medians of --runs interleaved runs, with ratios to the
+limit and to the ceiling; the delayed rows to their ideal, connections ÷ round trip) and writes
+the raw numbers to bench/results/<time>.json.
 
     .venv/bin/python bench/run.py                      # N = 20,000, 3 runs
     .venv/bin/python bench/run.py --n 2000 --runs 1 --import-rows 20000   # a quick check
+    .venv/bin/python bench/run.py --rows delay8,delay32 --n 3000         # only those rows
 
 A row whose code is missing or fails is reported as "not available" with the reason."""
 
@@ -21,7 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +34,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import delay_proxy  # noqa: E402
 import endtoend  # noqa: E402
 import peers  # noqa: E402
 import sinks  # noqa: E402
@@ -48,6 +53,7 @@ class Row:
     extra: dict[str, list[float]] = field(default_factory=dict)
     problem: str | None = None
     note: str = ""
+    ideal: float | None = None  # msgs/s of one round trip per message (the delayed rows)
 
     def add(self, value: float, **extra: float) -> None:
         self.values.append(value)
@@ -122,6 +128,14 @@ def measure_web_preview(row: Row, requests: int, timeout: float) -> None:
     row.add(float(data["web_median_ms"]), p95=float(data["web_p95_ms"]))
 
 
+def _delay_key(connections: int) -> str:
+    return f"delay{connections}"
+
+
+def _chained_key(connections: int) -> str:
+    return f"chained{connections}"
+
+
 def run(args: argparse.Namespace) -> dict[str, Row]:
     n, sessions, connections = args.n, args.sessions, args.connections
     endtoend.CONNECTIONS = connections
@@ -139,19 +153,46 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
         Row("render", "preview: one personal message rendered (bench/render_latency.py)", "ms"),
         Row("web", "preview: GET /releases/<id>/preview, Flask test client (bench/preview.py)", "ms"),
     ]}
+    round_trip = 2 * args.delay
+    delay_n = args.delay_n or n
+    for pool in args.delay_connections:
+        row = rows[_delay_key(pool)] = Row(
+            _delay_key(pool), f"Communiqué end to end, 1 worker, SQLite, {pool} connections, "
+            f"{round_trip * 1000:.0f} ms round trip (bench/delay_proxy.py), {delay_n:,} messages", "msgs/s")
+        row.ideal = pool / round_trip
+        row.note = (f"ideal {pool} ÷ {round_trip * 1000:.0f} ms = {row.ideal:,.0f} msgs/s, "
+                    f"target ≥ 0.8 × = {0.8 * row.ideal:,.0f}")
+        loop_row = rows[_chained_key(pool)] = Row(
+            _chained_key(pool), f"bare chained-pipelining loop, pre-built bytes, {pool} connections, "
+            f"{round_trip * 1000:.0f} ms round trip (what the delay line allows)", "msgs/s")
+        loop_row.ideal = row.ideal
+        loop_row.note = "one round trip per message, no database (bench/peers.py chained)"
+    rows = {key: rows[key] for key in sorted(rows, key=lambda key: (key in ("import", "render", "web")))}
     for key in ("sqlite", "postgres1", "postgres"):
         rows[key].note = f"blast create + worker --until-idle, {connections} connections per worker"
+    if args.rows:
+        unknown = set(args.rows) - rows.keys()
+        if unknown:
+            raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))} (rows: {', '.join(rows)})")
+        rows = {key: row for key, row in rows.items() if key in args.rows}
     budget = args.timeout
-    with sinks.running_sink() as sink:
-        if sink.kind != "smtp-sink":
+    with sinks.running_sink() as sink, _proxy_if(rows, sink.port, args.delay) as proxy:
+        if sink.kind != "smtp-sink" and LIMIT in rows:
             rows[LIMIT].problem = "Postfix could not be fetched (apt-get download postfix); aiosmtpd sink"
+        measured_trip = delay_proxy.round_trip(proxy.port) if proxy is not None else None
+        skip = Row("skip", "", "")  # what an unselected row measures into: nothing
+        skip.problem = "not selected"
+
+        def row_of(key: str) -> Row:
+            return rows.get(key, skip)
+
         for run_index in range(args.runs):
             print(f"run {run_index + 1}/{args.runs} …", file=sys.stderr)
-            _attempt(rows[LIMIT], lambda: rows[LIMIT].add(
+            _attempt(row_of(LIMIT), lambda: rows[LIMIT].add(
                 n / sinks.smtp_source(sink.port, n, sessions, size, budget)))
-            _attempt(rows[CEILING], lambda: rows[CEILING].add(
+            _attempt(row_of(CEILING), lambda: rows[CEILING].add(
                 n / peers.ceiling(sink.port, n, connections, budget)))
-            _attempt(rows["mailmerge"], lambda: rows["mailmerge"].add(
+            _attempt(row_of("mailmerge"), lambda: rows["mailmerge"].add(
                 mailmerge_n / peers.mailmerge(sink.port, mailmerge_n, budget)))
 
             def blast(row: Row, result: endtoend.Result) -> None:
@@ -161,20 +202,47 @@ def run(args: argparse.Namespace) -> dict[str, Row]:
                         cpu_us=result.cpu_seconds / result.messages * 1e6,
                         busy_cores=result.busy_cores)
 
-            _attempt(rows["sqlite"], lambda: blast(rows["sqlite"], endtoend.sqlite_blast(
+            _attempt(row_of("sqlite"), lambda: blast(rows["sqlite"], endtoend.sqlite_blast(
                 sink.port, n, budget)))
             for key, workers in (("postgres1", 1), ("postgres", args.pg_workers)):
+                if key not in rows:
+                    continue
                 if args.postgres_url:
                     _attempt(rows[key], lambda key=key, workers=workers: blast(  # type: ignore[misc]
                         rows[key], endtoend.postgres_blast(args.postgres_url, sink.port, n, workers,
                                                            budget)))
                 else:
                     rows[key].problem = "no PostgreSQL URL (--postgres-url or COMMUNIQUE_TEST_POSTGRES_URL)"
+            for pool in args.delay_connections:
+                key = _delay_key(pool)
+                if proxy is None:
+                    continue
+                # The worker's own settings: its pool, and as many connections to one domain (the
+                # bench's 97 domains would otherwise hold it at COMMUNIQUE_DOMAIN_CONCURRENCY).
+                pool_env = {"COMMUNIQUE_SMTP_CONNECTIONS": str(pool),
+                            "COMMUNIQUE_DOMAIN_CONCURRENCY": str(pool)}
+                _attempt(row_of(key), lambda key=key, pool_env=pool_env: blast(  # type: ignore[misc]
+                    rows[key], endtoend.sqlite_blast(proxy.port, delay_n, budget, pool_env)))
+                if measured_trip is not None and key in rows:
+                    rows[key].extra.setdefault("measured_round_trip_ms", []).append(measured_trip * 1000)
+                if _chained_key(pool) in rows:
+                    _attempt(rows[_chained_key(pool)], lambda pool=pool: rows[_chained_key(pool)].add(  # type: ignore[misc]
+                        delay_n / peers.ceiling(proxy.port, delay_n, pool, budget, what="chained")))
     for _run in range(args.runs):
-        _attempt(rows["import"], lambda: measure_import(rows["import"], args.import_rows, budget))
-        _attempt(rows["render"], lambda: measure_render(rows["render"], args.render_messages, budget))
-        _attempt(rows["web"], lambda: measure_web_preview(rows["web"], args.preview_requests, budget))
+        _attempt(row_of("import"), lambda: measure_import(rows["import"], args.import_rows, budget))
+        _attempt(row_of("render"), lambda: measure_render(rows["render"], args.render_messages, budget))
+        _attempt(row_of("web"), lambda: measure_web_preview(rows["web"], args.preview_requests, budget))
     return rows
+
+
+@contextmanager
+def _proxy_if(rows: dict[str, Row], port: int, delay: float) -> Iterator[delay_proxy.Proxy | None]:
+    """The delay line in front of the sink, while the bench runs, when a delayed row is wanted."""
+    if not any(row.ideal for row in rows.values()):
+        yield None
+        return
+    with delay_proxy.running_proxy(port, delay) as proxy:
+        yield proxy
 
 
 def _number(value: float | None, unit: str) -> str:
@@ -184,7 +252,8 @@ def _number(value: float | None, unit: str) -> str:
 
 
 def table(rows: dict[str, Row], runs: int) -> str:
-    limit, ceiling = rows[LIMIT].median, rows[CEILING].median
+    limit = rows[LIMIT].median if LIMIT in rows else None
+    ceiling = rows[CEILING].median if CEILING in rows else None
     lines = [f"| measurement (median of {runs}) | value | × wire limit | × Python ceiling | peak RSS "
              "| notes |",
              "|---|---:|---:|---:|---:|---|"]
@@ -194,11 +263,19 @@ def table(rows: dict[str, Row], runs: int) -> str:
             continue
         value = row.median
         versus_limit = versus_ceiling = ""
-        if row.unit == "msgs/s" and value is not None:
+        if row.unit == "msgs/s" and value is not None and not row.ideal:
             versus_limit = f"{value / limit:.2f}" if limit else ""
             versus_ceiling = f"{value / ceiling:.2f}" if ceiling else ""
         rss = row.median_of("peak_rss_mb")
         notes = [row.note] if row.note else []
+        if row.ideal and value is not None and row.median_of("worker_rate") is None:
+            notes.append(f"× ideal {value / row.ideal:.2f}")
+        elif row.ideal and value is not None:
+            alone = row.median_of("worker_rate") or value
+            notes.append(f"× ideal {value / row.ideal:.2f} end to end, {alone / row.ideal:.2f} worker alone")
+            if row.median_of("measured_round_trip_ms"):
+                notes.append(f"round trip measured through the proxy "
+                             f"{row.median_of('measured_round_trip_ms'):.1f} ms (SMTP NOOP)")
         if row.median_of("worker_rate") is not None:
             notes.append(f"worker alone {row.median_of('worker_rate'):,.0f} msgs/s, "
                          f"worker CPU {row.median_of('cpu_us'):,.0f} µs/msg, "
@@ -215,6 +292,8 @@ def table(rows: dict[str, Row], runs: int) -> str:
 def ratios(rows: dict[str, Row]) -> str:
     """The issue's targets as ratios of medians of the same run (end to end, and worker alone)."""
     def median(key: str, name: str | None = None) -> float | None:
+        if key not in rows:
+            return None
         return rows[key].median if name is None else rows[key].median_of(name)
 
     lines = []
@@ -232,6 +311,20 @@ def ratios(rows: dict[str, Row]) -> str:
         if a_alone:
             line += f", {a_alone / (b_alone or b):.2f} worker alone"
         lines.append(line + f" (target {target})")
+    for row in rows.values():
+        if row.ideal and row.median:
+            alone = row.median_of("worker_rate") or row.median
+            if row.key.startswith("chained"):
+                lines.append(f"- {row.label.split(' (')[0]} / (connections ÷ round trip): "
+                             f"{row.median / row.ideal:.2f}")
+                continue
+            lines.append(f"- {row.label.split(' (')[0]} / (connections ÷ round trip = {row.ideal:,.0f} "
+                         f"msgs/s): {row.median / row.ideal:.2f} end to end, {alone / row.ideal:.2f} "
+                         f"worker alone (target ≥ 0.8)")
+            loop = median(row.key.replace("delay", "chained"))
+            if loop:
+                lines.append(f"  - the same / bare chained loop through the same delay line: "
+                             f"{row.median / loop:.2f} end to end, {alone / loop:.2f} worker alone")
     busy = median("postgres1", "busy_cores")
     if busy:
         # Two workers can use at most every core: if one worker (with its database backends, the
@@ -239,6 +332,10 @@ def ratios(rows: dict[str, Row]) -> str:
         lines.append(f"- bound on 2 workers / 1 worker on this machine: {os.cpu_count()} cores / "
                      f"{busy:.2f} cores busy with 1 worker (PostgreSQL) = {(os.cpu_count() or 1) / busy:.2f}")
     return "\n".join(lines)
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def main() -> None:
@@ -257,6 +354,18 @@ def main() -> None:
     parser.add_argument("--import-rows", type=int, default=100_000)
     parser.add_argument("--preview-requests", type=int, default=200)
     parser.add_argument("--render-messages", type=int, default=5000)
+    parser.add_argument("--delay", type=float, default=0.010,
+                        help="seconds the delay proxy adds in each direction (round trip = twice)")
+    parser.add_argument("--delay-connections", type=_numbers, default=[8, 32],
+                        help="worker pool sizes of the delayed rows, comma-separated")
+    parser.add_argument("--delay-n", type=int, default=0,
+                        help="messages of the delayed rows; default N (at 400/s, 50 s per run at "
+                             "N = 20,000 with 8 connections)")
+    parser.add_argument("--rows", type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
+                        default=[], help="only these rows, comma-separated keys: limit, ceiling, "
+                                         "mailmerge, sqlite, postgres1, postgres, delay8, chained8, "
+                                         "delay32, chained32, "
+                                         "import, render, web (default: all)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to each process")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -272,7 +381,8 @@ def main() -> None:
                     "load_average": os.getloadavg(), "platform": platform.platform()},
         "message_bytes": len(build_message(load_release(), "Hélène", "journaliste@redaction.example")),
         "rows": {key: {"label": row.label, "unit": row.unit, "median": row.median,
-                       "values": row.values, "extra": row.extra, "problem": row.problem}
+                       "values": row.values, "extra": row.extra, "problem": row.problem,
+                       **({"ideal": row.ideal} if row.ideal else {})}
                  for key, row in rows.items()},
         "table": markdown}, indent=2, ensure_ascii=False))
     print(f"\nraw numbers: {path.relative_to(BENCH.parent)}", file=sys.stderr)

@@ -17,6 +17,7 @@ from service.errors import ConfigError
 
 PREFIX = "COMMUNIQUE_"
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
+SMTP_PIPELINING_MODES = ("auto", "off")
 LOG_FORMATS = ("text", "json")
 
 
@@ -42,6 +43,7 @@ class Settings:
     smtp_timeout_seconds: float = 30.0
     smtp_connections: int = 8
     smtp_messages_per_connection: int = 1000
+    smtp_pipelining: str = "auto"  # auto: RFC 2920 when the relay offers it; off: aiosmtplib's own path
     send_rate: float = 0.0  # messages per second, 0 = unlimited
     domain_concurrency: int = 8  # connections in flight to one recipient domain
     batch_size: int = 200
@@ -132,6 +134,8 @@ class Settings:
             fail("smtp_port", f"{self.smtp_port} is not a TCP port")
         if self.smtp_tls not in SMTP_TLS_MODES:
             fail("smtp_tls", f"must be one of {', '.join(SMTP_TLS_MODES)}")
+        if self.smtp_pipelining not in SMTP_PIPELINING_MODES:
+            fail("smtp_pipelining", f"must be auto or off, not {self.smtp_pipelining!r}")
         if self.smtp_ca_file and not Path(self.smtp_ca_file).is_file():
             fail("smtp_ca_file", f"{self.smtp_ca_file} is not a readable file")
         if self.smtp_password and not self.smtp_username:

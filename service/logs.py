@@ -1,11 +1,14 @@
 """Logging setup: one line per event, text or JSON (COMMUNIQUE_LOG_FORMAT), each carrying the
 request id, blast id and delivery id in effect; known secrets are masked before anything is written.
 
-Domain code adds ids without knowing about handlers:
+Code adds ids without knowing about handlers: a block of work on one blast, or one line.
 
-    with log_context(blast_id=blast.id):
-        log.info("blast %s: queued %d messages", blast.id, count)
-    bind(log, delivery_id=row.id).info("sent")
+    with log_context(blast_id=blast_id):      # the worker preparing a release, judging a blast
+        prepared = prepare_release(...)
+    bind(log, blast_id=job.blast_id, delivery_id=job.id).exception("message %s: rendering failed", job.id)
+
+The request log sets request_id. In the worker, ids are attached per blast or on rare lines, never
+per message on the hot path (a context per message would cost more than the log line saves).
 """
 
 from __future__ import annotations

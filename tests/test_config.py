@@ -12,6 +12,7 @@ def test_defaults_need_nothing_installed(tmp_path):
     assert settings.database_url == "sqlite:///instance/communique.db"
     assert (settings.smtp_host, settings.smtp_port) == ("127.0.0.1", 1025)
     assert settings.timezone == "Africa/Casablanca"
+    assert settings.smtp_pipelining == "auto"
     assert len(settings.secret_key) >= 32
     again = Settings.from_env({"COMMUNIQUE_INSTANCE_PATH": str(tmp_path)})
     assert again.secret_key == settings.secret_key, "the development secret survives restarts"
@@ -25,6 +26,7 @@ def test_defaults_need_nothing_installed(tmp_path):
         ("COMMUNIQUE_TIMEZONE", "Mars/Olympus", "COMMUNIQUE_TIMEZONE"),
         ("COMMUNIQUE_DATABASE_URL", "mysql://x", "COMMUNIQUE_DATABASE_URL"),
         ("COMMUNIQUE_SMTP_TLS", "maybe", "COMMUNIQUE_SMTP_TLS"),
+        ("COMMUNIQUE_SMTP_PIPELINING", "on", "COMMUNIQUE_SMTP_PIPELINING: must be auto or off"),
         ("COMMUNIQUE_WEBHOOK_SECRET", "plain", "COMMUNIQUE_WEBHOOK_SECRET"),
         ("COMMUNIQUE_REQUIRE_APPROVAL", "perhaps", "COMMUNIQUE_REQUIRE_APPROVAL"),
         ("COMMUNIQUE_BASE_URL", "press.example.org", "COMMUNIQUE_BASE_URL"),
@@ -34,6 +36,13 @@ def test_bad_setting_names_the_variable(tmp_path, variable, value, message):
     """A bad value stops start-up with a message that names the variable."""
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({"COMMUNIQUE_INSTANCE_PATH": str(tmp_path), variable: value})
+
+
+def test_smtp_pipelining_can_be_turned_off(tmp_path):
+    """COMMUNIQUE_SMTP_PIPELINING=off keeps the worker on aiosmtplib's public path."""
+    settings = Settings.from_env({"COMMUNIQUE_INSTANCE_PATH": str(tmp_path),
+                                  "COMMUNIQUE_SMTP_PIPELINING": "off"})
+    assert settings.smtp_pipelining == "off"
 
 
 def test_production_requires_a_secret(tmp_path):

@@ -1,9 +1,11 @@
 """The worker against a real SMTP server: outcomes, retries, bounces, dropped connections, slow
-server, error-rate pause, pause/resume without duplicates, cancel, test sends."""
+server, error-rate pause, pause/resume without duplicates, cancel, test sends; the send limits."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -14,6 +16,13 @@ from test_blasts import add_list, add_release, ledger
 
 from service.config import Settings
 from service.delivery import blasts
+from service.delivery.limits import (
+    MAX_RELAY_BACKOFF_SECONDS,
+    DomainLimiter,
+    RateLimiter,
+    RelayBackoff,
+    recipient_domain,
+)
 from service.delivery.smtp import classify_reply
 from service.delivery.worker import run_worker
 from service.models import (
@@ -210,8 +219,6 @@ def test_reply_classification_follows_the_temporary_permanent_rule() -> None:
     assert classify_reply(550, "5.1.1 User unknown").outcome == "bounced"
 
 
-
-
 def test_fast_data_paths_put_the_same_bytes_on_the_wire() -> None:
     """The fast line-ending and dot-stuffing checks give exactly aiosmtplib's own results."""
     import re
@@ -228,13 +235,48 @@ def test_fast_data_paths_put_the_same_bytes_on_the_wire() -> None:
         assert protocol.PERIOD_REGEX.sub(b"..", expected) == period.sub(b"..", expected)
 
 
+# ---- the worker's limits -----------------------------------------------------------------------------------
+
+def test_rate_limiter_gives_each_send_its_own_slot_at_the_rate() -> None:
+    """At 40 messages per second, the k-th of 12 sends from three tasks goes no earlier than k/40 s
+    after the first; unlimited (0), a send never even yields to the event loop."""
+
+    async def scenario() -> tuple[list[float], bool]:
+        limiter = RateLimiter(40)
+        started = time.monotonic()
+        done: list[float] = []
+
+        async def send_four() -> None:
+            for _ in range(4):
+                await limiter.wait()
+                done.append(time.monotonic() - started)
+
+        await asyncio.gather(*(send_four() for _ in range(3)))
+        unlimited, other_ran = RateLimiter(0), []
+
+        async def other() -> None:
+            other_ran.append(True)
+
+        task = asyncio.create_task(other())
+        for _ in range(1000):
+            await unlimited.wait()
+        yielded = bool(other_ran)
+        await task
+        return sorted(done), yielded
+
+    done, yielded = asyncio.run(scenario())
+    assert len(done) == 12
+    for k, at in enumerate(done):
+        assert at >= k / 40 - 0.001, (k, at)
+    assert done[-1] < 10  # generous: the whole run takes about 0.3 s
+    assert not yielded
+
+
 def test_domain_limit_holds_sends_to_one_domain_and_forgets_idle_domains() -> None:
-    """No more than the limit of sends run at once to one domain; a domain with none in flight is dropped."""
-    import asyncio
+    """No more than the limit of sends run at once to one domain; a domain with none in flight is
+    dropped, and `available` says whether a send could start without waiting."""
 
-    from service.delivery.worker import DomainLimiter
-
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, list[bool]]:
         limiter, running, peak = DomainLimiter(2), [0], [0]
 
         async def send(domain: str) -> None:
@@ -245,22 +287,50 @@ def test_domain_limit_holds_sends_to_one_domain_and_forgets_idle_domains() -> No
                 running[0] -= 1
 
         await asyncio.gather(*[send("lematin.example") for _ in range(6)], send("other.example"))
-        return peak[0], len(limiter)
+        seen = [limiter.available("lematin.example")]
+        await limiter.acquire("lematin.example")
+        await limiter.acquire("lematin.example")
+        seen += [limiter.available("lematin.example"), limiter.available("other.example")]
+        limiter.release("lematin.example")
+        seen.append(limiter.available("lematin.example"))
+        limiter.release("lematin.example")
+        return peak[0], len(limiter), seen
 
-    assert asyncio.run(scenario()) == (3, 0)  # 2 to lematin + 1 to other at most; none kept
+    # 2 to lematin + 1 to other at most; none kept; full at 2, free again after a release
+    assert asyncio.run(scenario()) == (3, 0, [True, False, True, True])
+    assert recipient_domain("J.Dupont@LeMatin.Example") == "lematin.example"
+
+
+def test_relay_backoff_doubles_to_a_minute_logs_once_and_resets_when_the_relay_answers(  # type: ignore[no-untyped-def]
+        caplog) -> None:
+    """Each failure to reach the relay doubles the wait (0.5 s, 1 s, 2 s … at most 60 s); the outage
+    is logged once, its end once, and an answer clears the wait."""
+    caplog.set_level(logging.INFO, logger="service.delivery.limits")
+    relay = RelayBackoff("w1", "relay.example:25")
+    waits = []
+    for _ in range(12):
+        before = time.monotonic()
+        relay.note(True, "Connection refused")
+        waits.append(relay.backoff_seconds)
+        assert relay.down_until >= before + relay.backoff_seconds
+    assert waits[:4] == [0.5, 1.0, 2.0, 4.0] and waits[-1] == MAX_RELAY_BACKOFF_SECONDS
+    relay.note(False, "250 OK")
+    relay.note(False, "250 OK")
+    assert (relay.failure_count, relay.down_until, relay.backoff_seconds) == (0, 0.0, 0.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker w1: cannot reach the relay relay.example:25: Connection refused",
+        "worker w1: the relay answers again"]
 
 
 def test_dead_relay_is_logged_once_and_the_worker_backs_off(db, settings, caplog) -> None:  # type: ignore[no-untyped-def]
     """With nothing listening on the relay port, messages are deferred (444), the outage is logged
     once, and the worker backs off instead of hammering the relay."""
-    import logging
-
     from smtp_server import free_port
 
     dead = dataclasses.replace(settings, smtp_host="127.0.0.1", smtp_port=free_port(), smtp_connections=2)
     blast = start(db, dead, 3)
     stop = threading.Event()
-    caplog.set_level(logging.INFO, logger="service.delivery.worker")
+    caplog.set_level(logging.INFO, logger="service.delivery.limits")
     thread = threading.Thread(target=run_worker, args=(dead,), kwargs={"stop_event": stop,
                                                                       "include_due": False})
     thread.start()

@@ -7,10 +7,14 @@ import dataclasses
 import io
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
+from test_blasts import add_list, add_release
 
 from service import create_app
+from service.delivery import blasts
+from service.delivery.worker import run_worker
 from service.logs import bind, configure_logging, log_context
 
 pytestmark = pytest.mark.sqlite_only  # logging does not depend on the database
@@ -120,3 +124,27 @@ def test_text_format_puts_the_ids_before_the_message(settings):
         logging.getLogger().removeHandler(handler)
     [line] = buffer.getvalue().splitlines()
     assert line.endswith(" INFO service.test [request_id=abc blast_id=3]: blast 3: started")
+
+
+def test_the_workers_lines_about_a_blast_carry_its_id(db, smtp_settings, capture) -> None:  # type: ignore[no-untyped-def]
+    """A blast whose release cannot be rendered: the worker's lines about it (the release, the
+    brake, the pause) carry its blast_id; its lines about itself carry none."""
+    settings = dataclasses.replace(smtp_settings, error_window=3, error_pause_threshold=0.5)
+    add_list(db, "presse", 5)
+    release = add_release(db)
+    release.from_email = "josé@example.com"  # slipped past validation: the renderer refuses it
+    db.commit()
+    blast = blasts.create_blast(db, settings, release_id=release.id, list_names=["presse"],
+                                now=datetime.now(UTC))
+    db.commit()
+    run_worker(settings, until_idle=True, include_due=False)
+    lines = [line for line in capture() if line["logger"].startswith("service.delivery.")]
+    tagged = [line["message"] for line in lines if line.get("blast_id") == blast.id]
+    assert all(f"blast {blast.id}" in message for message in tagged), tagged
+    assert [any(part in message for message in tagged) for part in (
+        f"blast {blast.id}: release {release.id} cannot be prepared",
+        f"blast {blast.id}: 3 of the last 3 attempts failed, holding it",
+        f"blast {blast.id}: paused, the relay refused 3 of the last 3 attempts")] == [True] * 3
+    worker_lines = [line for line in lines if line["message"].startswith("worker ")
+                    and "blast" not in line["message"]]
+    assert worker_lines and not any("blast_id" in line for line in worker_lines)

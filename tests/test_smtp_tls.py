@@ -61,10 +61,13 @@ def _relay(certificate: tuple[Path, Path], *, implicit: bool):  # type: ignore[n
 
 @pytest.mark.sqlite_only
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-command-at-a-time", "pipelined"])
 @pytest.mark.parametrize("mode", ["starttls", "implicit"])
-def test_worker_sends_over_tls_with_auth(db, settings, certificate, mode):  # type: ignore[no-untyped-def]
-    """With COMMUNIQUE_SMTP_TLS and credentials set, every message goes over TLS after AUTH."""
+def test_worker_sends_over_tls_with_auth(db, settings, certificate, mode, pipelining):  # type: ignore[no-untyped-def]
+    """With COMMUNIQUE_SMTP_TLS and credentials set, every message goes over TLS after AUTH, and
+    a relay that offers PIPELINING gets it over TLS too."""
     controller, handler, authenticator, port = _relay(certificate, implicit=mode == "implicit")
+    handler.pipelining = pipelining
     try:
         relay = dataclasses.replace(settings, smtp_host="127.0.0.1", smtp_port=port, smtp_tls=mode,
                                     smtp_username=USER, smtp_password=PASSWORD,
@@ -74,6 +77,7 @@ def test_worker_sends_over_tls_with_auth(db, settings, certificate, mode):  # ty
         assert worker.sent_count == 5
         assert sorted(handler.recipient_counts().values()) == [1] * 5
         assert authenticator.logins and set(authenticator.logins) == {USER}
+        assert handler.pipelined_count == (5 if pipelining else 0)
     finally:
         controller.stop()
 

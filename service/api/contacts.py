@@ -9,28 +9,15 @@ from flask import Response
 from service.api import PAGE_QUERY, iso, json_response, page_schema, registry
 from service.contacts import importing
 from service.contacts import store as contacts
+from service.contacts.fields import FIELDS, Kind
 from service.db import utcnow
 from service.http.context import db_session
 from service.models import Contact, ContactStatus, MediaType
 
-_NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 300}
 CONTACT_INPUT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {
-        "email": {"type": "string", "minLength": 3, "maxLength": 320},
-        "civility": {"type": ["string", "null"], "maxLength": 40},
-        "first_name": {"type": ["string", "null"], "maxLength": 200},
-        "last_name": {"type": ["string", "null"], "maxLength": 200},
-        "outlet": _NULLABLE_TEXT,
-        "role": _NULLABLE_TEXT,
-        "media_type": {"type": ["string", "null"], "maxLength": 40},
-        "language": {"type": ["string", "null"], "maxLength": 35},
-        "country": {"type": ["string", "null"], "maxLength": 60},
-        "city": {"type": ["string", "null"], "maxLength": 200},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 60}, "maxItems": 50},
-        "consent_source": _NULLABLE_TEXT,
-    },
+    "properties": {field.name: field.input_schema for field in FIELDS},
 }
 CONTACT_CREATE = {**CONTACT_INPUT, "required": ["email"], "properties": {
     **CONTACT_INPUT["properties"],
@@ -40,12 +27,10 @@ CONTACT = registry.schema("Contact", {
     "type": "object",
     "required": ["id", "email", "status", "tags", "lists", "created_at", "updated_at"],
     "properties": {
-        "id": {"type": "integer"}, "email": {"type": "string"},
-        **{name: {"type": ["string", "null"]} for name in (
-            "civility", "first_name", "last_name", "outlet", "role", "media_type", "language",
-            "country", "city", "consent_source", "unsubscribed_at", "bounced_at")},
+        "id": {"type": "integer"},
+        **{field.name: field.output_schema for field in FIELDS},
+        "unsubscribed_at": {"type": ["string", "null"]}, "bounced_at": {"type": ["string", "null"]},
         "status": {"enum": [str(s) for s in ContactStatus]},
-        "tags": {"type": "array", "items": {"type": "string"}},
         "lists": {"type": "array", "items": {"type": "string"}},
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},
@@ -76,11 +61,10 @@ LISTS = {"type": "object", "required": ["items"], "properties": {"items": {"type
 
 
 def contact_json(contact: Contact) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": contact.id, "email": contact.email}
-    for name in ("civility", "first_name", "last_name", "outlet", "role", "media_type",
-                 "language", "country", "city", "consent_source"):
-        data[name] = getattr(contact, name)
-    data.update(status=str(contact.status), tags=contact.tag_list,
+    data: dict[str, Any] = {"id": contact.id}
+    for field in FIELDS:
+        data[field.name] = contact.tag_list if field.kind is Kind.tags else getattr(contact, field.name)
+    data.update(status=str(contact.status),
                 lists=sorted(c.name for c in contact.lists),
                 unsubscribed_at=iso(contact.unsubscribed_at), bounced_at=iso(contact.bounced_at),
                 created_at=iso(contact.created_at), updated_at=iso(contact.updated_at))

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 # The module in service/cli/ that registers each command. Only the module a command needs is
-# imported: `communique worker` does not pay for the web stack (about 0.9 s of every start).
+# imported: `communique worker` does not pay for the web stack (bench/RESULTS.md).
 # A module not listed here is imported eagerly, as before.
 COMMAND_MODULES = {"api-keys": "api_keys", "blasts": "blasts", "worker": "worker",
                    "contacts": "contacts", "lists": "contacts", "releases": "releases",

@@ -1,5 +1,6 @@
 """Reading contact CSV files as press offices export them: encoding and delimiter detected,
-French or English headers mapped to contact fields, rows streamed with spreadsheet numbers."""
+French or English headers mapped to contact fields (by the aliases in `fields`), rows streamed
+with spreadsheet numbers."""
 
 from __future__ import annotations
 
@@ -11,33 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from service.contacts.fields import fold
+from service.contacts.fields import FIELDS
+from service.contacts.validation import fold
 from service.errors import FieldError, ValidationError
 
-HEADERS: dict[str, tuple[str, ...]] = {
-    "email": ("email", "e mail", "mail", "courriel", "mel", "adresse email", "adresse e mail",
-              "adresse mail", "adresse electronique", "adresse courriel", "email address",
-              "e mail address", "mail address"),
-    "civility": ("civilite", "civility", "title", "titre", "salutation", "prefix", "genre"),
-    "first_name": ("prenom", "first name", "firstname", "given name", "forename", "prenoms"),
-    "last_name": ("nom", "last name", "lastname", "surname", "family name", "nom de famille"),
-    "outlet": ("media", "support", "redaction", "outlet", "publication", "titre de presse",
-               "media outlet", "organisation", "organization", "company", "societe", "journal",
-               "employer", "entreprise"),
-    "role": ("fonction", "poste", "role", "rubrique", "beat", "job title", "position",
-             "specialite", "desk", "service", "function", "titre du poste"),
-    "media_type": ("type de media", "type media", "media type", "type de support", "type",
-                   "categorie de media", "media category", "kind of media"),
-    "language": ("langue", "language", "lang", "langue de travail", "langue preferee",
-                 "preferred language", "locale"),
-    "country": ("pays", "country", "nation", "country code", "code pays"),
-    "city": ("ville", "city", "town", "localite", "commune"),
-    "tags": ("tags", "tag", "etiquettes", "etiquette", "mots cles", "keywords", "labels",
-             "label", "categories", "thematiques", "themes", "interets", "interests"),
-    "consent_source": ("source", "consentement", "consent", "consent source",
-                       "source du consentement", "origine", "origin", "opt in source"),
-}
-_FIELD_BY_HEADER = {fold(alias): name for name, aliases in HEADERS.items() for alias in aliases}
+_FIELD_BY_HEADER = {fold(alias): field.name for field in FIELDS for alias in field.headers}
 _EMAIL_WORDS = {"email", "mail", "courriel", "mel"}
 _DELIMITERS = (";", ",", "\t")
 _FORMULA_STARTS = ("'=", "'+", "'-", "'@")  # our export's neutralized cells, taken back

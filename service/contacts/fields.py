@@ -1,271 +1,125 @@
-"""Contact fields: the one validator (web form, JSON API and every CSV row) and the normalizers
-for address, language, country, media type, tags and free text. Pure: no database."""
+"""Every contact field, defined once: name, labels, CSV header aliases, JSON schema, length limit
+and whether emails may use it. The web form, the API schema, the CSV header map and export, the
+worker's claim and the renderer are built from these definitions, once, at import.
+
+Standard library only: the worker imports it. The validators, with their heavy libraries
+(email-validator, langcodes, pycountry), are in `validation`.
+
+A new field: its definition here, a column in `models.Contact` with its migration, and the
+template that shows it; one that emails may use also needs its typed attribute on
+`rendering.Recipient` (an import-time check names it)."""
 
 from __future__ import annotations
 
-import gettext
-import re
-import unicodedata
-from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-import langcodes
-import pycountry
-from email_validator import EmailNotValidError, validate_email
 
-from service.errors import FieldError, ValidationError
-from service.models import MediaType
+class Kind(StrEnum):
+    """How a value is read, normalized (`validation.validate_contact`) and typed in the API."""
 
-TEXT_FIELDS: dict[str, int] = {  # field -> longest accepted value (the column's length)
-    "civility": 40,
-    "first_name": 200,
-    "last_name": 200,
-    "outlet": 300,
-    "role": 300,
-    "city": 200,
-    "consent_source": 300,
-}
-FIELDS = ("email", "civility", "first_name", "last_name", "outlet", "role", "media_type",
-          "language", "country", "city", "tags", "consent_source")
+    email = "email"
+    text = "text"
+    language = "language"
+    country = "country"
+    media_type = "media_type"
+    tags = "tags"
+
+
+class EmailUse(StrEnum):
+    """What a message may do with a field."""
+
+    none = "none"  # never leaves the press office: not loaded to send
+    read = "read"  # loaded with each message for the renderer (greeting, language version)
+    printed = "printed"  # loaded, and a template may print it: {{ recipient.<name> }}
+
+
+@dataclass(frozen=True, slots=True)
+class ContactField:
+    name: str  # the attribute, column, form field, JSON property and export header
+    label: str  # English, the interface's source string (web.i18n translates it)
+    label_fr: str  # what the French interface shows
+    kind: Kind
+    max_length: int | None  # of the stored value (the column); None: not limited
+    headers: tuple[str, ...]  # CSV header aliases, compared folded: no case, accent, punctuation
+    emails: EmailUse = EmailUse.none
+    input_max_length: int | None = None  # a raw API value may be longer: "United Kingdom" -> GB
+    in_form: bool = True  # False: set by import and API only, shown after `status` in exports
+
+    @property
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the value a client sends (create, update)."""
+        if self.kind is Kind.email:
+            return {"type": "string", "minLength": 3, "maxLength": self.max_length}
+        if self.kind is Kind.tags:
+            return {"type": "array", "items": {"type": "string", "maxLength": TAG_MAX_LENGTH},
+                    "maxItems": TAG_MAX_COUNT}
+        return {"type": ["string", "null"], "maxLength": self.input_max_length or self.max_length}
+
+    @property
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the value the API returns."""
+        if self.kind is Kind.email:
+            return {"type": "string"}
+        if self.kind is Kind.tags:
+            return {"type": "array", "items": {"type": "string"}}
+        return {"type": ["string", "null"]}
+
+
 TAG_MAX_LENGTH = 60
-
-# Names are matched without case, accents or punctuation; the translations pycountry ships cover
-# French, Spanish, Arabic and German names ("Maroc", "Español", "العربية"), these cover the rest.
-_LOCALES = ("fr", "es", "ar", "de")
-_COUNTRY_ALIASES = {
-    "uk": "GB", "great britain": "GB", "angleterre": "GB", "england": "GB", "grande bretagne": "GB",
-    "usa": "US", "united states of america": "US", "etats unis d amerique": "US",
-    "emirats": "AE", "uae": "AE", "eau": "AE", "russia": "RU", "south korea": "KR",
-    "coree du sud": "KR", "holland": "NL", "hollande": "NL", "turkey": "TR", "turquie": "TR",
-}
-_LANGUAGE_ALIASES = {
-    "english": "en", "francais": "fr", "french": "fr", "castellano": "es", "espanol": "es",
-    "arabic": "ar", "arabe": "ar", "darija": "ary", "amazigh": "zgh", "tamazight": "zgh",
-    "deutsch": "de", "italiano": "it", "portugues": "pt", "nederlands": "nl",
-}
-_MEDIA_TYPES = {
-    MediaType.print: ("print", "presse", "presse ecrite", "ecrite", "journal", "quotidien",
-                      "hebdomadaire", "magazine", "newspaper", "press", "print media"),
-    MediaType.online: ("online", "web", "en ligne", "internet", "site web", "digital", "numerique",
-                       "pure player", "presse en ligne", "site"),
-    MediaType.radio: ("radio",),
-    MediaType.tv: ("tv", "television", "tele", "tv radio"),
-    MediaType.agency: ("agency", "agence", "agence de presse", "news agency", "wire"),
-    MediaType.freelance: ("freelance", "free lance", "pigiste", "independant", "independent"),
-}
-_MEDIA_BY_NAME = {name: media for media, names in _MEDIA_TYPES.items() for name in names}
-
-# Keep everything printable; drop C0/C1 controls, DEL and the Unicode line/paragraph separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_SPACES = re.compile(r"\s+")
-_TAG_SPLIT = re.compile(r"[,;|]")
-# A dot-atom local part of plain ASCII (RFC 5322 atext, minus the rare symbols): always valid.
+TAG_MAX_COUNT = 50  # per contact, through the API
+# The email field's rule, which a release's sender address follows too.
 NON_ASCII_LOCAL = "the part before @ must be ASCII: most mail servers refuse others"
-_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+\-]+(\.[A-Za-z0-9_+\-]+)*\Z")
-# RFC 2142 mailbox names, which email-validator lower-cases: left to it, not to the fast path.
-_ROLE_MAILBOXES = frozenset({"info", "marketing", "sales", "support", "abuse", "noc", "security",
-                             "postmaster", "hostmaster", "usenet", "news", "webmaster", "www",
-                             "uucp", "ftp"})
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$")
 
+FIELDS: tuple[ContactField, ...] = (
+    ContactField(
+        "email", "Email address", "Adresse e-mail", Kind.email, 320, emails=EmailUse.printed,
+        headers=("email", "e mail", "mail", "courriel", "mel", "adresse email", "adresse e mail",
+                 "adresse mail", "adresse electronique", "adresse courriel", "email address",
+                 "e mail address", "mail address")),
+    ContactField(
+        "civility", "Civility", "Civilité", Kind.text, 40, emails=EmailUse.read,
+        headers=("civilite", "civility", "title", "titre", "salutation", "prefix", "genre")),
+    ContactField(
+        "first_name", "First name", "Prénom", Kind.text, 200, emails=EmailUse.printed,
+        headers=("prenom", "first name", "firstname", "given name", "forename", "prenoms")),
+    ContactField(
+        "last_name", "Last name", "Nom de famille", Kind.text, 200, emails=EmailUse.printed,
+        headers=("nom", "last name", "lastname", "surname", "family name", "nom de famille")),
+    ContactField(
+        "outlet", "Outlet", "Média", Kind.text, 300, emails=EmailUse.printed,
+        headers=("media", "support", "redaction", "outlet", "publication", "titre de presse",
+                 "media outlet", "organisation", "organization", "company", "societe", "journal",
+                 "employer", "entreprise")),
+    ContactField(
+        "role", "Position", "Fonction", Kind.text, 300,
+        headers=("fonction", "poste", "role", "rubrique", "beat", "job title", "position",
+                 "specialite", "desk", "service", "function", "titre du poste")),
+    ContactField(
+        "media_type", "Media type", "Type de média", Kind.media_type, 20, input_max_length=40,
+        headers=("type de media", "type media", "media type", "type de support", "type",
+                 "categorie de media", "media category", "kind of media")),
+    ContactField(
+        "language", "Language", "Langue", Kind.language, 35, emails=EmailUse.read,
+        headers=("langue", "language", "lang", "langue de travail", "langue preferee",
+                 "preferred language", "locale")),
+    ContactField(
+        "country", "Country", "Pays", Kind.country, 2, input_max_length=60,
+        headers=("pays", "country", "nation", "country code", "code pays")),
+    ContactField(
+        "city", "City", "Ville", Kind.text, 200,
+        headers=("ville", "city", "town", "localite", "commune")),
+    ContactField(
+        "tags", "Tags (comma separated)", "Étiquettes (séparées par des virgules)", Kind.tags,
+        None, headers=("tags", "tag", "etiquettes", "etiquette", "mots cles", "keywords", "labels",
+                       "label", "categories", "thematiques", "themes", "interets", "interests")),
+    ContactField(
+        "consent_source", "Source", "Source", Kind.text, 300, in_form=False,
+        headers=("source", "consentement", "consent", "consent source", "source du consentement",
+                 "origine", "origin", "opt in source")),
+)
+# What each message loads from its contact (the address first), and what templates may print.
+RECIPIENT_FIELDS = tuple(field.name for field in FIELDS if field.emails is not EmailUse.none)
+PRINTED_FIELDS = tuple(field.name for field in FIELDS if field.emails is EmailUse.printed)
 
-def fold(value: str) -> str:
-    """Lower-case, strip accents and punctuation: "Prénom " -> "prenom", "E-mail" -> "e mail"."""
-    decomposed = unicodedata.normalize("NFKD", value.casefold())
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(re.sub(r"[\W_]+", " ", bare).split())
-
-
-def clean_text(value: Any) -> str | None:
-    """One line of printable text: CR/LF, tabs and control characters become single spaces."""
-    if not value:
-        return None
-    if (isinstance(value, str) and value.isprintable() and "  " not in value
-            and unicodedata.is_normalized("NFC", value)):
-        return value.strip() or None
-    text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value)))).strip()
-    return text or None
-
-
-def normalize_email(raw: str) -> tuple[str, str]:
-    """Validate an address (syntax only, no DNS) -> (normalized address, case-insensitive key).
-
-    Trimmed, domain lower-cased, IDN domains kept in their Unicode form (sent as punycode); a
-    non-ASCII part before the @ is refused: it needs SMTPUTF8, which most servers lack."""
-    candidate = (clean_text(raw or "") or "").strip("<>").strip()
-    if not candidate:
-        raise ValidationError(FieldError("email", "is required"))
-    local, _, domain = candidate.rpartition("@")
-    if not local.isascii():
-        raise ValidationError(FieldError("email", NON_ASCII_LOCAL, value=candidate))
-    try:
-        if _PLAIN_LOCAL.match(local) and local.lower() not in _ROLE_MAILBOXES:
-            normalized = _plain_address(local, domain)
-        else:
-            normalized = validate_email(candidate, check_deliverability=False,
-                                        allow_smtputf8=False).normalized
-    except EmailNotValidError as exc:
-        raise ValidationError(FieldError("email", f"not a valid address: {exc}",
-                                         value=candidate)) from exc
-    return normalized, normalized.lower()
-
-
-def _plain_address(local: str, domain: str) -> str:
-    """The common case, fast: a plain ASCII dot-atom before the @ is valid and normalizes to
-    itself, so only the domain needs email-validator, once per domain (a list has few)."""
-    unicode_domain, ascii_domain = _validate_domain(domain)
-    normalized = f"{local}@{unicode_domain}"
-    if max(len(candidate.encode()) for candidate in (
-            f"{local}@{domain}", normalized, f"{local}@{ascii_domain}")) > 254:
-        return str(validate_email(f"{local}@{domain}", check_deliverability=False,
-                                  allow_smtputf8=False).normalized)
-    return normalized
-
-
-@lru_cache(maxsize=4096)
-def _validate_domain(domain: str) -> tuple[str, str]:
-    info = validate_email(f"x@{domain}", check_deliverability=False, allow_smtputf8=False)
-    return info.domain, info.ascii_domain
-
-
-@lru_cache(maxsize=4096)
-def normalize_language(value: str) -> str:
-    """A BCP 47 tag ("fr", "fr-FR", "ar-MA") from a tag in any case or a language name."""
-    text = value.strip()
-    if _LANGUAGE_TAG.match(text):
-        tag = text.replace("_", "-")
-        if langcodes.tag_is_valid(tag):
-            return str(langcodes.standardize_tag(tag))
-    code = _language_names().get(fold(text))
-    if code is None:
-        raise ValueError("not a known language (use a code such as fr, en, ar or fr-FR)")
-    return code
-
-
-@lru_cache(maxsize=4096)
-def normalize_country(value: str) -> str:
-    """An ISO 3166-1 alpha-2 code from a code or a country name in English, French, Spanish or
-    Arabic ("MA", "mar", "Maroc", "United Kingdom")."""
-    code = _country_names().get(fold(value))
-    if code is None:
-        raise ValueError("not a known country (use an ISO code such as MA, FR or GB)")
-    return code
-
-
-@lru_cache(maxsize=256)
-def normalize_media_type(value: str) -> MediaType:
-    media = _MEDIA_BY_NAME.get(fold(value))
-    if media is None:
-        raise ValueError("not a known media type (print, online, radio, tv, agency or freelance)")
-    return media
-
-
-def normalize_tags(value: Any) -> list[str]:
-    """Tags from "a, b; c" or a list: lower-case, one line each, no separators, no duplicates."""
-    items: Iterable[Any] = _TAG_SPLIT.split(value) if isinstance(value, str) else (value or ())
-    tags: list[str] = []
-    for item in items:
-        tag = clean_text(_TAG_SPLIT.sub(" ", str(item)))
-        if not tag:
-            continue
-        tag = tag.lower()
-        if len(tag) > TAG_MAX_LENGTH:
-            raise ValueError(f"tag longer than {TAG_MAX_LENGTH} characters")
-        if tag not in tags:
-            tags.append(tag)
-    return tags
-
-
-def tags_column(tags: Iterable[str]) -> str:
-    """The stored form: ",tag1,tag2," (so a tag filter is one LIKE on both databases)."""
-    return "," + "".join(f"{tag}," for tag in tags)
-
-
-def validate_contact(data: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
-    """The one validator for the web form, the JSON API and each CSV row.
-
-    Returns the normalized fields present in `data` (all of them unless `partial`), with
-    `email_key` next to `email`; an empty value becomes None (tags: []). Unknown keys are ignored.
-    Raises ValidationError listing every bad field."""
-    errors: list[FieldError] = []
-    clean: dict[str, Any] = {}
-    for field in FIELDS:
-        if partial and field not in data:
-            continue
-        raw = data.get(field)
-        try:
-            if field == "tags":
-                clean[field] = normalize_tags(raw)
-                continue
-            text = clean_text(raw)
-            if field == "email":
-                clean["email"], clean["email_key"] = normalize_email(text or "")
-            elif text is None:
-                clean[field] = None
-            elif field in _NORMALIZERS:
-                clean[field] = _NORMALIZERS[field](text)
-            elif len(text) > TEXT_FIELDS[field]:
-                raise ValueError(f"longer than {TEXT_FIELDS[field]} characters")
-            else:
-                clean[field] = text
-        except ValidationError as exc:
-            errors.extend(exc.errors)
-        except ValueError as exc:
-            errors.append(FieldError(field, str(exc), value=_shown(raw)))
-    if errors:
-        raise ValidationError(errors)
-    return clean
-
-
-_NORMALIZERS: dict[str, Callable[[str], str]] = {
-    "language": normalize_language,
-    "country": normalize_country,
-    "media_type": lambda text: str(normalize_media_type(text)),
-}
-
-
-def _shown(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    return raw if isinstance(raw, str) else str(raw)
-
-
-@lru_cache(maxsize=1)
-def _country_names() -> dict[str, str]:
-    names: dict[str, str] = {}
-    translations = [gettext.translation("iso3166-1", pycountry.LOCALES_DIR, languages=[locale])
-                    for locale in _LOCALES]
-    for country in pycountry.countries:
-        code = country.alpha_2
-        english = [country.alpha_2, country.alpha_3, country.name,
-                   getattr(country, "common_name", ""), getattr(country, "official_name", "")]
-        for name in english:
-            if name:
-                names.setdefault(fold(name), code)
-                for translation in translations:
-                    names.setdefault(fold(translation.gettext(name)), code)
-    names.update({fold(alias): code for alias, code in _COUNTRY_ALIASES.items()})
-    names.pop("", None)
-    return names
-
-
-@lru_cache(maxsize=1)
-def _language_names() -> dict[str, str]:
-    names: dict[str, str] = {}
-    translations = [gettext.translation("iso639-3", pycountry.LOCALES_DIR, languages=[locale])
-                    for locale in _LOCALES]
-    # Names of the languages with a two-letter code (the ones contact lists use); any other
-    # language is accepted by its code ("zgh", "ary"), or through the aliases.
-    for language in pycountry.languages:
-        code = getattr(language, "alpha_2", None)
-        if code is None:
-            continue
-        for name in (language.name, getattr(language, "common_name", "")):
-            if name:
-                names.setdefault(fold(name), code)
-                for translation in translations:
-                    names.setdefault(fold(translation.gettext(name)), code)
-    names.update({fold(alias): code for alias, code in _LANGUAGE_ALIASES.items()})
-    names.pop("", None)
-    return names

@@ -1,4 +1,4 @@
-"""CSV import of media contacts: each row of a file read by `contact_csv` validated by the one
+"""CSV import of media contacts: each row of a file read by `csv_files` validated by the one
 contact validator, duplicates merged (in the file and against the database), suppression enforced.
 
 Streams the file and writes in chunks (one query for a chunk's known addresses, bulk insert,
@@ -18,15 +18,16 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from service.contacts.csv_files import delimiter_name, encoding_name, open_csv
-from service.contacts.fields import FIELDS, tags_column, validate_contact
+from service.contacts.fields import FIELDS, Kind
 from service.contacts.store import add_memberships, get_or_create_list
+from service.contacts.validation import tags_column, validate_contact
 from service.errors import FieldError, ValidationError
 from service.models import Contact, ContactStatus, Suppression
 
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 2000
-MERGED_FIELDS = tuple(name for name in FIELDS if name not in ("email", "tags"))
+MERGED_FIELDS = tuple(field.name for field in FIELDS if field.kind not in (Kind.email, Kind.tags))
 UPDATED = (*MERGED_FIELDS, "tags", "status")
 WRITTEN = ("email", "email_key", *UPDATED)
 

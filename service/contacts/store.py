@@ -1,8 +1,8 @@
 """Media contacts: create, edit, search, export; lists; consent, status and suppression.
 
-CSV import lives in `importing.py`, field definitions in `fields.py`. A contact is mailable
-only while its status is `active`; suppression and unsubscribes are sticky: no import, edit or
-list change turns them back to `active`."""
+CSV import lives in `importing.py`, field definitions in `fields.py`, the validator in
+`validation.py`. A contact is mailable only while its status is `active`; suppression and
+unsubscribes are sticky: no import, edit or list change turns them back to `active`."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.contacts.fields import (
-    FIELDS,
+from service.contacts.fields import FIELDS
+from service.contacts.validation import (
     normalize_country,
     normalize_email,
     normalize_language,
@@ -51,8 +51,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The header re-imports cleanly; `status` is shown but an import never reads it.
-EXPORT_FIELDS = (*FIELDS[:-1], "status", "consent_source")
+# The header re-imports cleanly: the fields people edit, `status` (shown, never read by an import),
+# then the record-keeping ones (consent source).
+EXPORT_FIELDS = (*(field.name for field in FIELDS if field.in_form), "status",
+                 *(field.name for field in FIELDS if not field.in_form))
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -26,13 +26,15 @@ from service.models import (
     QueuedMessage,
     Suppression,
 )
-from service.rendering.recipient import Recipient
+from service.rendering.recipient import CONTACT_COLUMNS, Recipient
 
 log = logging.getLogger(__name__)
 
 PENDING = (MessageStatus.queued, MessageStatus.sending, MessageStatus.deferred)
 STOPPED_REPLY = "not sent: the blast's \"stop sending after\" time passed"
 _QUEUE: Table = QueuedMessage.__table__  # type: ignore[assignment]
+# What a message needs of its contact, as the field definitions say (contacts.fields).
+_RECIPIENT_COLUMNS = tuple(getattr(Contact, name) for name in CONTACT_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +108,21 @@ def claim_due_messages(session: Session, *, worker_id: str, now: datetime, limit
     # Plain columns, not ORM objects: a batch is built in a fraction of the time.
     rows = session.execute(
         select(QueuedMessage.id, QueuedMessage.blast_id, Blast.release_id, QueuedMessage.email,
-               QueuedMessage.message_id, QueuedMessage.attempts, Contact.id, Contact.civility,
-               Contact.first_name, Contact.last_name, Contact.outlet, Contact.language,
-               Contact.status, Suppression.id)
+               QueuedMessage.message_id, QueuedMessage.attempts, Contact.id, Contact.status,
+               Suppression.id, *_RECIPIENT_COLUMNS)
         .join(Blast, Blast.id == QueuedMessage.blast_id)
         .join(Contact, Contact.id == QueuedMessage.contact_id)
         .outerjoin(Suppression, Suppression.email_key == Contact.email_key)
         .where(QueuedMessage.id.in_(ids)).order_by(QueuedMessage.id)).all()
     claimed, not_mailable = [], []
-    for (row_id, blast_id, release_id, email, message_id, attempts, contact_id, civility, first,
-         last, outlet, language, status, suppression_id) in rows:
+    for (row_id, blast_id, release_id, email, message_id, attempts, contact_id, status,
+         suppression_id, *personal) in rows:
         if status != ContactStatus.active or suppression_id is not None:
             reason = "suppressed" if suppression_id is not None else status
             not_mailable.append((row_id, blast_id, attempts, reason))
             continue
         claimed.append(Claimed(row_id, blast_id, release_id, email, message_id, attempts, contact_id,
-                               Recipient(email=email, contact_id=contact_id, civility=civility,
-                                         first_name=first, last_name=last, outlet=outlet,
-                                         language=language)))
+                               Recipient(email, contact_id, *personal)))
     if not_mailable:
         _drop_not_mailable(session, not_mailable, now=now)
     return claimed

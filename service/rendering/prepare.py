@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import operator
 import re
 import textwrap
 import uuid
@@ -37,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.config import Settings
+from service.contacts.fields import PRINTED_FIELDS
 from service.errors import NotFound, RenderError
 from service.models import Release
 from service.releases.markdown import TEXT_WIDTH, html_to_text, markdown_to_html, plain_text, sanitize_html
@@ -143,16 +145,18 @@ class PreparedRelease:
                                mime.fill_text(variant.text, values), headers, message_id, raw)
 
 
+def _printed(name: str) -> Callable[[Recipient, Variant, str], str]:
+    read = operator.attrgetter(name)
+    return lambda recipient, _variant, _url: mime.clean_value(read(recipient))
+
+
 # How each personal value is made from the recipient (the variant gives the language, and the
-# unsubscribe URL is made once per message anyway).
+# unsubscribe URL is made once per message anyway). Built once: the worker calls them per message.
 _PERSONAL_VALUES: dict[str, Callable[[Recipient, Variant, str], str]] = {
     "greeting": lambda recipient, variant, _url: greeting_for(variant.language, recipient),
     "unsubscribe_url": lambda _recipient, _variant, url: url,
-    "first_name": lambda recipient, _variant, _url: mime.clean_value(recipient.first_name),
-    "last_name": lambda recipient, _variant, _url: mime.clean_value(recipient.last_name),
     "full_name": lambda recipient, _variant, _url: recipient.full_name,
-    "outlet": lambda recipient, _variant, _url: mime.clean_value(recipient.outlet),
-    "email": lambda recipient, _variant, _url: mime.clean_value(recipient.email),
+    **{name: _printed(name) for name in PRINTED_FIELDS},
 }
 assert set(_PERSONAL_VALUES) == set(mime.PERSONAL_FIELDS)
 
@@ -319,8 +323,7 @@ def _personal_markers() -> dict[str, Any]:
     names = {name: mime.marker(name) for name in mime.PERSONAL_FIELDS}
     return {"greeting": Markup(names["greeting"]),
             "unsubscribe_url": Markup(names["unsubscribe_url"]),
-            "recipient": {key: Markup(names[key]) for key in
-                          ("first_name", "last_name", "full_name", "outlet", "email")}}
+            "recipient": {key: Markup(names[key]) for key in ("full_name", *PRINTED_FIELDS)}}
 
 
 def render_templates(context: dict[str, Any], name: str = "release") -> tuple[str, str]:

@@ -36,7 +36,7 @@ def _serializer(settings: Settings) -> URLSafeSerializer:
 
 class TokenMaker:
     """Signs tokens exactly as URLSafeSerializer.dumps does, faster: the worker makes one per
-    message. The key is derived once (itsdangerous re-derives it on every call, ~30 µs), the HMAC
+    message. The key is derived once (itsdangerous re-derives it on every call), the HMAC
     is OpenSSL's one-shot `hmac.digest` (itsdangerous passes a Python wrapper around sha1, which
     sends `hmac.new` down its pure-Python path), and an int pair is written without json."""
 

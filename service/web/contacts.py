@@ -17,7 +17,7 @@ from service.http.context import db_session
 from service.models import ContactStatus, MediaType
 from service.web import bp, remember_form, render_form
 from service.web.auth import current_user, login_required, role_required
-from service.web.forms import ContactForm, ImportForm, SuppressForm, options
+from service.web.forms import CONTACT_FORM_FIELDS, ContactForm, ImportForm, SuppressForm, options
 from service.web.i18n import _
 
 PAGE_SIZE = 50
@@ -46,9 +46,7 @@ def contacts_index() -> ResponseReturnValue:
 
 
 def _contact_data(form: ContactForm) -> dict[str, Any]:
-    return {name: form[name].data for name in ("email", "civility", "first_name", "last_name",
-                                               "outlet", "role", "media_type", "language",
-                                               "country", "city", "tags")}
+    return {name: form[name].data for name in CONTACT_FORM_FIELDS}
 
 
 @bp.route("/contacts/new", methods=["GET", "POST"])

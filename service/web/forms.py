@@ -19,7 +19,10 @@ from wtforms import (
     TextAreaField,
 )
 from wtforms.fields.choices import SelectChoice
+from wtforms.fields.core import UnboundField
 from wtforms.validators import DataRequired, Email, Length, Optional
+
+from service.contacts.fields import FIELDS, ContactField, Kind
 
 csrf = CSRFProtect()
 
@@ -69,17 +72,31 @@ class ImportForm(FlaskForm):
 
 
 class ContactForm(FlaskForm):
-    email = EmailField("Email address", validators=[DataRequired()])
-    civility = StringField("Civility", validators=[Optional(), Length(max=40)])
-    first_name = StringField("First name", validators=[Optional(), Length(max=200)])
-    last_name = StringField("Last name", validators=[Optional(), Length(max=200)])
-    outlet = StringField("Outlet", validators=[Optional(), Length(max=300)])
-    role = StringField("Position", validators=[Optional(), Length(max=300)])
-    media_type = SelectField("Media type", choices=[], validate_choice=False)  # the domain checks it
-    language = StringField("Language", validators=[Optional(), Length(max=35)])
-    country = StringField("Country", validators=[Optional(), Length(max=2)])
-    city = StringField("City", validators=[Optional(), Length(max=200)])
-    tags = StringField("Tags (comma separated)", validators=[Optional()])
+    """The contact fields people edit, one per definition in `contacts.fields` (added below)."""
+
+
+def _contact_field(field: ContactField) -> UnboundField:
+    """The form field of a definition: the domain validator checks and normalizes the value, so
+    the form only bounds its length (the stored form: a country is its two-letter code here)."""
+    if field.kind is Kind.email:
+        return EmailField(field.label, validators=[DataRequired()])
+    if field.kind is Kind.media_type:
+        return SelectField(field.label, choices=[], validate_choice=False)  # the domain checks it
+    if field.kind is Kind.tags or field.max_length is None:
+        return StringField(field.label, validators=[Optional()])
+    return StringField(field.label, validators=[Optional(), Length(max=field.max_length)])
+
+
+CONTACT_FORM_FIELDS = tuple(field.name for field in FIELDS if field.in_form)
+
+
+def _add_contact_fields() -> None:
+    for field in FIELDS:
+        if field.in_form:  # WTForms orders fields by creation: the definitions' order
+            setattr(ContactForm, field.name, _contact_field(field))
+
+
+_add_contact_fields()
 
 
 class SuppressForm(FlaskForm):

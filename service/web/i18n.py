@@ -12,10 +12,12 @@ from zoneinfo import ZoneInfo
 from babel.dates import format_datetime as babel_format_datetime
 from babel.numbers import format_decimal
 
+from service.contacts.fields import FIELDS
 from service.web.i18n_catalog import FR
 
 LANGUAGES = {"fr": "Français", "en": "English"}
-CATALOGS = {"fr": FR}
+# Contact field labels are defined with the fields (service/contacts/fields.py).
+CATALOGS = {"fr": {**FR, **{f.label: f.label_fr for f in FIELDS}}}
 
 
 def current_language() -> str:

@@ -1,4 +1,4 @@
-"""Blueprint "webhook": `POST /webhooks/cms`, signed CMS events (Standard Webhooks) -> cms_events.
+"""Blueprint "webhook": `POST /webhooks/cms`, signed CMS events (Standard Webhooks) -> events.py.
 Checks run cheapest first and nothing is stored until an event is verified and valid: size (413),
 signature and timestamp (401), replay (the first answer again), content type (415), JSON and
 schema (400 naming the field)."""
