@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -224,6 +225,9 @@ class Blast(Base):
     recipient_count: Mapped[int] = mapped_column(Integer, default=0)
     paused_reason: Mapped[str | None] = mapped_column(Text)
     needs_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whoever already received the release (any variant) is left out unless this was asked for.
+    include_already_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    already_sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     approved_by: Mapped[str | None] = mapped_column(String(320))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(320))

@@ -40,7 +40,8 @@ PROBLEM_SCHEMA: Schema = {
 ERROR_DESCRIPTIONS = {400: "Invalid request (the `errors` list names each field)",
                       401: "Missing, unknown or revoked API key",
                       404: "Not found", 409: "Conflicts with the current state",
-                      413: "Body too large", 415: "Unsupported content type"}
+                      413: "Body too large", 415: "Unsupported content type",
+                      422: "Understood but cannot be done (e.g. a send time in the past)"}
 
 
 @dataclass

@@ -38,6 +38,8 @@ FR: dict[str, str] = {
     "Reply-To": "Adresse de réponse", "Markdown file": "Fichier Markdown", "Attachment": "Pièce jointe",
     "Send a test to (comma separated)": "Envoyer un test à (séparées par des virgules)",
     "Lists": "Listes", "Tag": "Étiquette", "Send at": "Envoyer le",
+    "Import it as a new release even if the same text was already imported": "L’importer comme un nouveau communiqué même si le même texte a déjà été importé",
+    "%(file)s was already imported as “%(title)s”: here it is. Nothing was created.": "%(file)s a déjà été importé sous le titre « %(title)s » : le voici. Rien n’a été créé.",
     "Stop sending after (optional)": "Arrêter l’envoi après (facultatif)", "Send now": "Envoyer maintenant",
     # ---- validation messages (WTForms and domain reasons) ------------------------------
     "This field is required.": "Ce champ est obligatoire.",
@@ -55,6 +57,7 @@ FR: dict[str, str] = {
     "needs a time zone": "doit avoir un fuseau horaire",
     "is before the send time": "est avant l’heure d’envoi",
     "is not after the send time": "n’est pas après l’heure d’envoi",
+    "is in the past": "est dans le passé",
     "text part present": "partie texte présente",
     "unsubscribe link present": "lien de désinscription présent",
     "images are a reasonable size": "images de taille raisonnable",
