@@ -79,6 +79,16 @@ class Role(StrEnum):
     sender = "sender"
 
 
+class ApiScope(StrEnum):
+    """What an API key may do: read; write contacts, releases and draft blasts; send (start,
+    schedule, pause, resume, cancel, resend); approve a blast waiting for a sender."""
+
+    read = "read"
+    write = "write"
+    send = "send"
+    approve = "approve"
+
+
 def _created() -> Mapped[datetime]:
     return mapped_column(UTCDateTime, default=utcnow, nullable=False)
 
@@ -332,6 +342,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(120))
     prefix: Mapped[str] = mapped_column(String(20), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(100), default="read,write", server_default="read,write")
     created_at: Mapped[datetime] = _created()
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -131,7 +131,7 @@ def test_a_send_time_in_the_past_is_refused_everywhere(db, runner, client, setti
     assert result.exit_code == 2, result.output
     assert "2020-01-01 10:00" in result.output and "Africa/Casablanca" in result.output
 
-    _key, token = create_api_key(db, "tests", now=now)
+    _key, token = create_api_key(db, "tests", now=now, scopes=["read", "write", "send"])
     db.commit()
     response = client.post("/api/v1/blasts", headers={"Authorization": f"Bearer {token}"},
                            json={"release_id": release.id, "lists": ["presse"],
@@ -201,7 +201,7 @@ def test_the_embargo_belongs_to_the_release_and_every_variant(db, runner, client
     later = until + timedelta(days=1)
     update_release(db, smtp_settings, english.id, now=now, embargo_until=later)
     db.commit()
-    _key, token = create_api_key(db, "tests", now=now)
+    _key, token = create_api_key(db, "tests", now=now, scopes=["read", "write", "send"])
     db.commit()
     for release_id in (french_id, english.id):
         shown = client.get(f"/api/v1/releases/{release_id}", headers={"Authorization": f"Bearer {token}"})
@@ -219,3 +219,48 @@ def test_the_embargo_belongs_to_the_release_and_every_variant(db, runner, client
     assert len(slugs) == 2
     for slug in slugs:
         assert client.get(f"/r/{slug}").status_code == 404, slug
+
+
+def test_api_keys_have_scopes_and_approve_is_never_a_default(db, runner, client, settings) -> None:  # type: ignore[no-untyped-def]
+    """A key created without --scope reads and writes (a draft blast) but gets 403 problem
+    documents for sending, pausing or approving; a send key sends but cannot approve; the key
+    list shows each key's scopes."""
+    now = datetime.now(UTC)
+    release = create_release(db, settings, body=TASK_FORCE.read_text(encoding="utf-8"), now=now)
+    add_list(db, "presse", 2)
+    db.commit()
+    created = runner.invoke(main, ["api-keys", "create", "cms", "--json"])
+    assert created.exit_code == 0, created.output
+    plain = json.loads(created.output)
+    assert plain["scopes"] == ["read", "write"]
+    sender = json.loads(runner.invoke(main, ["api-keys", "create", "agency", "--scope", "read",
+                                             "--scope", "send", "--json"]).output)
+    assert sender["scopes"] == ["read", "send"]
+    bad = runner.invoke(main, ["api-keys", "create", "x", "--scope", "everything"])
+    assert bad.exit_code == 2
+
+    def call(key, path, body=None):  # type: ignore[no-untyped-def]
+        headers = {"Authorization": f"Bearer {key['key']}"}
+        return client.post(path, headers=headers, json=body) if body is not None \
+            else client.get(path, headers=headers)
+
+    assert call(plain, "/api/v1/releases").status_code == 200
+    refused = call(plain, "/api/v1/blasts", {"release_id": release.id, "lists": ["presse"]})
+    assert refused.status_code == 403 and refused.mimetype == "application/problem+json"
+    assert "'send' scope" in refused.json["detail"]
+    draft = call(plain, "/api/v1/blasts", {"release_id": release.id, "lists": ["presse"],
+                                           "schedule": False})
+    assert draft.status_code == 201 and draft.json["status"] == "draft"
+    blast_id = draft.json["id"]
+    later = (now + timedelta(hours=2)).isoformat()
+    assert call(plain, f"/api/v1/blasts/{blast_id}/schedule", {"send_at": later}).status_code == 403
+    assert call(plain, f"/api/v1/blasts/{blast_id}/cancel", {}).status_code == 403
+    assert call(sender, f"/api/v1/blasts/{blast_id}/approve", {}).status_code == 403
+    assert call(sender, f"/api/v1/blasts/{blast_id}/schedule", {"send_at": later}).status_code == 200
+    assert call(sender, f"/api/v1/blasts/{blast_id}/cancel", {}).status_code == 200
+
+    listed = runner.invoke(main, ["api-keys", "list"])
+    assert "cms  [read, write]" in listed.output and "agency  [read, send]" in listed.output
+    document = client.get("/api/v1/openapi.json").json
+    assert document["paths"]["/api/v1/blasts/{blast_id}/approve"]["post"]["security"] == \
+        [{"bearerAuth": ["approve"]}]

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Response
 
-from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry
+from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry, require_scope
 from service.db import utcnow
 from service.delivery import blasts
 from service.errors import FieldError, ValidationError
@@ -118,6 +118,8 @@ def list_blasts(query: dict[str, Any]) -> Response:
 @registry.route("/blasts", "POST", summary="Create a blast (scheduled unless schedule=false)",
                 tag="blasts", body=BLAST_CREATE, response=BLAST, status=201, errors=(400, 409, 422))
 def create_blast(body: dict[str, Any]) -> Response:
+    if body.get("schedule", True):  # a draft needs `write`; a blast that will go out needs `send`
+        require_scope("send")
     session = db_session()
     with _past_time_unprocessable():
         blast = blasts.create_blast(
@@ -162,7 +164,7 @@ def list_deliveries(blast_id: int, query: dict[str, Any]) -> Response:
 
 
 @registry.route("/blasts/<int:blast_id>/schedule", "POST", summary="Schedule a draft",
-                tag="blasts", body=SCHEDULE, response=BLAST, errors=(400, 404, 409, 422))
+                tag="blasts", body=SCHEDULE, response=BLAST, errors=(400, 404, 409, 422), scope="send")
 def schedule_blast(blast_id: int, body: dict[str, Any]) -> Response:
     send_at = _when(body, "send_at")
     assert send_at is not None
@@ -198,7 +200,8 @@ def _state_route(verb: str, summary: str) -> None:
 
     view.__name__ = f"{verb}_blast"
     registry.route(f"/blasts/<int:blast_id>/{verb}", "POST", summary=summary, tag="blasts",
-                   response=BLAST, errors=(404, 409))(view)
+                   response=BLAST, errors=(404, 409),
+                   scope="approve" if verb == "approve" else "send")(view)
 
 
 _state_route("pause", "Pause a running blast")
@@ -209,7 +212,7 @@ _state_route("approve", "Approve a blast waiting for a sender")
 
 @registry.route("/blasts/<int:blast_id>/resend-to-unsent", "POST",
                 summary="A new blast to the contacts who did not get this one", tag="blasts",
-                response=BLAST, status=201, errors=(404, 409))
+                response=BLAST, status=201, errors=(404, 409), scope="send")
 def resend_to_unsent(blast_id: int) -> Response:
     session = db_session()
     blast = blasts.resend_to_unsent(session, current_settings(), blast_id, actor=actor(),

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Response
 
 from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry
+from service.api.openapi import JSON
 from service.db import utcnow
 from service.errors import DuplicateRelease, FieldError, ValidationError
 from service.http.context import current_settings, db_session
@@ -105,8 +106,8 @@ def list_releases(query: dict[str, Any]) -> Response:
 
 
 @registry.route("/releases", "POST", summary="Create a release from Markdown or HTML (sanitized)",
-                tag="releases", body=RELEASE_CREATE, response=RELEASE, status=201,
-                errors=(400, 409))
+                tag="releases", body=RELEASE_CREATE, errors=(400, 409),
+                responses={201: (JSON, RELEASE), 200: (JSON, RELEASE)})
 def create_release(body: dict[str, Any]) -> Response:
     session = db_session()
     try:
