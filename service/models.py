@@ -240,6 +240,7 @@ class Blast(Base):
     already_sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     approved_by: Mapped[str | None] = mapped_column(String(320))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    approved_hash: Mapped[str | None] = mapped_column(String(64))  # the content approved
     created_by: Mapped[str | None] = mapped_column(String(320))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

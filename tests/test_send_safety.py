@@ -264,3 +264,60 @@ def test_api_keys_have_scopes_and_approve_is_never_a_default(db, runner, client,
     document = client.get("/api/v1/openapi.json").json
     assert document["paths"]["/api/v1/blasts/{blast_id}/approve"]["post"]["security"] == \
         [{"bearerAuth": ["approve"]}]
+
+
+def test_an_approval_covers_the_content_that_was_approved(db, smtp_settings, smtpd,  # type: ignore[no-untyped-def]
+                                                          session_factory) -> None:
+    """With approval on, a sender approves an editor's blast; the editor then edits the release,
+    adds a variant or an attachment: each time the blast goes back to waiting for approval, with
+    the reason in its history. A change made behind the approval's back (straight in the database)
+    is caught at start: the blast is not started and nothing is sent."""
+    import dataclasses
+
+    from sqlalchemy import update
+
+    from service.releases.store import add_attachment, update_release
+
+    settings = dataclasses.replace(smtp_settings, require_approval=True)
+    now = datetime.now(UTC)
+    release = create_release(db, settings, body=TASK_FORCE.read_text(encoding="utf-8"), now=now)
+    add_list(db, "presse", 2)
+    db.commit()
+
+    def waiting_blast():  # type: ignore[no-untyped-def]
+        blast = blasts.create_blast(db, settings, release_id=release.id, list_names=["presse"],
+                                    send_at=now + timedelta(hours=1), now=now, actor="editor@x.org",
+                                    actor_role="editor")
+        blasts.approve_blast(db, blast.id, actor="sender@x.org", now=now, settings=settings)
+        db.commit()
+        assert blast.status == "scheduled" and blast.approved_hash
+        return blast
+
+    pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+    changes = [
+        lambda: update_release(db, settings, release.id, now=now, title="Titre corrigé"),
+        lambda: create_release(db, settings, title="ONMT task force", body="Text.", language="en",
+                               variant_of=release.id, now=now),
+        lambda: add_attachment(db, settings, release.id, filename="dossier.pdf",
+                               content_type="application/pdf", data=pdf, now=now),
+    ]
+    for change in changes:
+        blast = waiting_blast()
+        change()
+        db.commit()
+        db.refresh(blast)
+        assert (blast.status, blast.approved_at) == ("draft", None)
+        assert blast.events[-1].action == "approval_withdrawn"
+        assert blast.events[-1].detail.startswith("the release changed")
+        blasts.cancel_blast(db, blast.id, actor="editor@x.org", now=now)
+        db.commit()
+
+    blast = waiting_blast()
+    db.execute(update(Release).where(Release.id == release.id).values(body="Texte jamais approuvé."))
+    db.commit()
+    assert blasts.run_due_blasts(session_factory, settings, now=now + timedelta(hours=2)) == []
+    db.refresh(blast)
+    assert blast.status == "draft" and blast.events[-1].action == "approval_withdrawn"
+    db.commit()  # end the read: on SQLite every transaction holds the write lock
+    run_worker(settings, until_idle=True, include_due=False)
+    assert smtpd.handler.messages == []

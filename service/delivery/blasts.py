@@ -34,6 +34,7 @@ from service.models import (
     Suppression,
     list_memberships,
 )
+from service.releases.fingerprint import content_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +327,39 @@ def approve_blast(session: Session, blast_id: int, *, actor: str | None, now: da
     if blast.status != BlastStatus.draft or not blast.needs_approval or blast.approved_at:
         raise Conflict(f"blast {blast_id} is not waiting for approval")
     blast.approved_by, blast.approved_at = actor, now
+    blast.approved_hash = content_fingerprint(session, release_group_id(session, blast.release_id))
     _event(session, blast, "approved", actor, now)
     send_at = blast.send_at if blast.send_at and blast.send_at > now else now
     _schedule(session, settings, blast, send_at, actor, now)
     return blast
+
+
+def withdraw_approvals(session: Session, group_id: int, *, now: datetime, actor: str | None,
+                       what: str) -> list[int]:
+    """The release changed after a sender approved its blasts: each approved blast not yet started
+    goes back to waiting for approval (draft), with the reason in its history."""
+    approved = list(session.scalars(
+        select(Blast).join(Release, Release.id == Blast.release_id)
+        .where(func.coalesce(Release.group_id, Release.id) == group_id, Blast.needs_approval,
+               Blast.approved_at.is_not(None),
+               Blast.status.in_((BlastStatus.draft, BlastStatus.scheduled)))))
+    for blast in approved:
+        blast.status, blast.approved_at, blast.approved_by, blast.approved_hash = \
+            BlastStatus.draft, None, None, None
+        blast.updated_at = now
+        _event(session, blast, "approval_withdrawn", actor, now, f"the release changed: {what}")
+        log.warning("blast %s: approval withdrawn, release group %s changed (%s)", blast.id,
+                    group_id, what)
+    session.flush()
+    return [b.id for b in approved]
+
+
+def _approval_holds(session: Session, blast: Blast) -> bool:
+    """A blast that needed approval starts only with the content that was approved."""
+    if not blast.needs_approval:
+        return True
+    group = release_group_id(session, blast.release_id)
+    return blast.approved_hash is not None and blast.approved_hash == content_fingerprint(session, group)
 
 
 def schedule_blast(session: Session, blast_id: int, *, send_at: datetime, actor: str | None,
@@ -420,6 +450,14 @@ def start_blast(session: Session, settings: Settings, blast_id: int, *, now: dat
         return False
     blast = get_blast(session, blast_id)
     session.refresh(blast)
+    if not _approval_holds(session, blast):  # changed behind the approval's back: do not send it
+        blast.status, blast.started_at = BlastStatus.draft, None
+        blast.approved_at, blast.approved_by, blast.approved_hash = None, None, None
+        _event(session, blast, "approval_withdrawn", None, now,
+               "the release is not the approved version: not started")
+        log.warning("blast %s: not started, its release differs from the approved version", blast.id)
+        session.flush()
+        return False
     count = enqueue_blast(session, settings, blast, now=now)
     blast.recipient_count = count
     _event(session, blast, "started", None, now, f"{count} recipients")

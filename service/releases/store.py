@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.contacts.fields import NON_ASCII_LOCAL
+from service.delivery.blasts import withdraw_approvals
 from service.errors import Conflict, DuplicateRelease, FieldError, NotFound, RenderError, ValidationError
 from service.models import Attachment, Blast, Contact, Release, ReleaseStatus
 from service.releases.markdown import ReleaseDraft, import_markdown, sanitize_html
@@ -92,6 +93,9 @@ def create_release(session: Session, settings: Settings, *, title: str | None = 
     session.flush()
     if release.group_id is None:
         release.group_id = release.id
+    else:  # a new language variant changes what an approval covered
+        withdraw_approvals(session, release.group_id, now=now, actor=actor,
+                           what=f"new {release.language} variant")
     log.info("release %s: created (%s, %s)", release.id, release.language, release.slug)
     return release
 
@@ -130,6 +134,10 @@ def update_release(session: Session, settings: Settings, release_id: int, *, now
         _share_embargo(session, release.group_id or release.id, release.embargo_until, now=now)
     release.updated_at = now
     session.flush()
+    changed = sorted(name for name in fields if name != "status")
+    if changed:
+        withdraw_approvals(session, release.group_id or release.id, now=now, actor=None,
+                           what="edited " + ", ".join(changed))
     log.info("release %s: updated (%s)", release.id, ", ".join(sorted(fields)))
     return release
 
@@ -202,6 +210,8 @@ def add_attachment(session: Session, settings: Settings, release_id: int, *, fil
     release.updated_at = now
     session.flush()
     log.info("release %s: attachment %s stored (%d bytes)", release.id, attachment.id, len(data))
+    withdraw_approvals(session, release.group_id or release.id, now=now, actor=None,
+                       what=f"attachment {attachment.filename} added")
     return attachment
 
 

@@ -19,7 +19,7 @@ FR: dict[str, str] = {
     "event:created": "créée", "event:scheduled": "programmée", "event:rescheduled": "reprogrammée",
     "event:approved": "approuvée", "event:started": "envoi commencé", "event:paused": "mise en pause",
     "event:resumed": "reprise", "event:cancelled": "annulée", "event:finished": "terminée",
-    "event:expired": "expirée",
+    "event:expired": "expirée", "event:approval_withdrawn": "approbation retirée (communiqué modifié)",
     "report:created": "créés", "report:updated": "mis à jour", "report:unchanged": "inchangés",
     "report:rejected": "lignes rejetées", "report:not_mailable": "non contactables",
     "report:row": "ligne", "report:field": "champ", "report:value": "valeur",

@@ -1,5 +1,5 @@
 """send safety: blasts remember whether contacts who already received the release were left
-out; API keys get scopes (existing keys keep what they could do, except approve)
+out and what content a sender approved; API keys get scopes (existing keys keep what they could do, except approve)
 
 Revision ID: 0002
 Revises: 0001
@@ -19,6 +19,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('include_already_sent', sa.Boolean(), server_default=sa.false(),
                                    nullable=False))
         batch.add_column(sa.Column('already_sent_count', sa.Integer(), server_default='0', nullable=False))
+        batch.add_column(sa.Column('approved_hash', sa.String(length=64), nullable=True))
     with op.batch_alter_table('api_keys') as batch:
         batch.add_column(sa.Column('scopes', sa.String(length=100), server_default='read,write',
                                    nullable=False))
@@ -29,5 +30,6 @@ def downgrade() -> None:
     with op.batch_alter_table('api_keys') as batch:
         batch.drop_column('scopes')
     with op.batch_alter_table('blasts') as batch:
+        batch.drop_column('approved_hash')
         batch.drop_column('already_sent_count')
         batch.drop_column('include_already_sent')
