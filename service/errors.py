@@ -60,6 +60,15 @@ class Conflict(CommuniqueError):
     """The request clashes with the current state (e.g. editing a running blast)."""
 
 
+class DuplicateRelease(Conflict):
+    """The release being created has the title and body of an existing one (`existing_id`)."""
+
+    def __init__(self, existing_id: int, slug: str):
+        self.existing_id = existing_id
+        self.slug = slug
+        super().__init__(f"this release was already imported as release {existing_id} ({slug})")
+
+
 class RenderError(CommuniqueError):
     """A template or variable error, reported with the line where it happened."""
 

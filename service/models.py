@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -76,6 +77,16 @@ class Role(StrEnum):
     admin = "admin"
     editor = "editor"
     sender = "sender"
+
+
+class ApiScope(StrEnum):
+    """What an API key may do: read; write contacts, releases and draft blasts; send (start,
+    schedule, pause, resume, cancel, resend); approve a blast waiting for a sender."""
+
+    read = "read"
+    write = "write"
+    send = "send"
+    approve = "approve"
 
 
 def _created() -> Mapped[datetime]:
@@ -224,8 +235,12 @@ class Blast(Base):
     recipient_count: Mapped[int] = mapped_column(Integer, default=0)
     paused_reason: Mapped[str | None] = mapped_column(Text)
     needs_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whoever already received the release (any variant) is left out unless this was asked for.
+    include_already_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    already_sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     approved_by: Mapped[str | None] = mapped_column(String(320))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    approved_hash: Mapped[str | None] = mapped_column(String(64))  # the content approved
     created_by: Mapped[str | None] = mapped_column(String(320))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -328,6 +343,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(120))
     prefix: Mapped[str] = mapped_column(String(20), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(100), default="read,write", server_default="read,write")
     created_at: Mapped[datetime] = _created()
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

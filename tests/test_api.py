@@ -19,7 +19,7 @@ CSV = ("email,prénom,nom,média,langue,pays\r\n"
 @pytest.fixture
 def auth(db) -> dict[str, str]:
     """Authorization headers with a fresh API key."""
-    _key, token = create_api_key(db, "tests", now=NOW)
+    _key, token = create_api_key(db, "tests", now=NOW, scopes=["read", "write", "send", "approve"])
     db.commit()
     return {"Authorization": f"Bearer {token}"}
 

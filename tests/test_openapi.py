@@ -35,7 +35,7 @@ def test_document_lists_every_api_route(client, app):
 @pytest.mark.sqlite_only
 def test_api_honours_its_document(app, db):
     """schemathesis: bounded examples per safe operation, every response matches the document."""
-    _key, token = create_api_key(db, "schemathesis", now=NOW)
+    _key, token = create_api_key(db, "schemathesis", now=NOW, scopes=["read", "write", "send", "approve"])
     db.commit()
     headers = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.cli import main
 from service.config import Settings
-from service.errors import Conflict, NotFound, ValidationError
+from service.errors import Conflict, DuplicateRelease, NotFound, ValidationError
 from service.models import Blast, BlastStatus, Contact, ReleaseStatus
 from service.releases import store as releases
 from service.releases.markdown import import_markdown, parse_press_contacts
@@ -113,7 +113,11 @@ def test_variants_updates_and_lookup(db: Session, settings: Settings) -> None:
     with pytest.raises(ValidationError, match="already has a variant"):
         releases.create_release(db, settings, title="Again", body="x", language="en",
                                 variant_of=base.id, now=NOW)
-    again = releases.create_release(db, settings, body=TASK_FORCE.read_text(encoding="utf-8"), now=NOW)
+    with pytest.raises(DuplicateRelease) as duplicate:  # the same file twice names the first
+        releases.create_release(db, settings, body=TASK_FORCE.read_text(encoding="utf-8"), now=NOW)
+    assert duplicate.value.existing_id == base.id
+    again = releases.create_release(db, settings, body=TASK_FORCE.read_text(encoding="utf-8"), now=NOW,
+                                    allow_duplicate=True)
     assert again.slug == f"{base.slug}-2"
     assert releases.get_release(db, base.slug).id == base.id
     assert releases.get_release(db, str(base.id)).id == base.id

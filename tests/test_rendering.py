@@ -349,8 +349,9 @@ def test_wire_form_is_the_message_dot_stuffed_and_ended(db: Session, settings: S
                    capture_output=True)
     signed = Settings(**{**settings.__dict__, "dkim_selector": "press",
                          "dkim_private_key_path": str(key_path)})
+    release_id = _import(db, settings, path)  # one release, prepared under both settings
     for config in (settings, signed):
-        prepared = prepare_release(db, _import(db, config, path), config)
+        prepared = prepare_release(db, release_id, config)
         for recipient in (ELODIE, dotted):
             raw = prepared.render_bytes(recipient, message_id="<w@x.org>", now=NOW, blast_id=3)
             wire = prepared.render_bytes(recipient, message_id="<w@x.org>", now=NOW, blast_id=3,

@@ -1,17 +1,20 @@
-"""API keys: created once (the secret is shown once), stored as a SHA-256 hash, revocable."""
+"""API keys: created once (the secret is shown once), stored as a SHA-256 hash, revocable, each
+with scopes: read, write (contacts, releases, draft blasts), send (start, schedule, pause, resume,
+cancel, resend) and approve. `approve` is never given unless asked for."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import NotFound, ValidationError
-from service.models import ApiKey
+from service.errors import FieldError, NotFound, ValidationError
+from service.models import ApiKey, ApiScope
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +27,37 @@ def hash_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_api_key(session: Session, name: str, *, now: datetime) -> tuple[ApiKey, str]:
+DEFAULT_SCOPES = (ApiScope.read, ApiScope.write)
+
+
+def clean_scopes(scopes: Iterable[str] | None) -> list[ApiScope]:
+    """The scopes, known and each once, in a fixed order; none given means read and write."""
+    given = [s.strip().lower() for s in (scopes or ()) if s and s.strip()]
+    unknown = sorted({s for s in given if s not in ApiScope.__members__})
+    if unknown:
+        raise ValidationError([FieldError("scope", f"unknown scope {s!r}; use read, write, send or approve",
+                                          value=s) for s in unknown])
+    chosen = set(given) or set(DEFAULT_SCOPES)
+    return [s for s in ApiScope if s in chosen]
+
+
+def has_scope(key: ApiKey, scope: str) -> bool:
+    return scope in key.scopes.split(",")
+
+
+def create_api_key(session: Session, name: str, *, now: datetime,
+                   scopes: Iterable[str] | None = None) -> tuple[ApiKey, str]:
     """Store a new key; return the row and the secret token (never stored, shown once)."""
     name = name.strip()
     if not name or len(name) > 120:
         raise ValidationError("must be 1 to 120 characters", field="name")
+    chosen = clean_scopes(scopes)
     token = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=token[:11], key_hash=hash_key(token), created_at=now)
+    key = ApiKey(name=name, prefix=token[:11], key_hash=hash_key(token), created_at=now,
+                 scopes=",".join(chosen))
     session.add(key)
     session.flush()
-    log.info("api key %s: created (%s)", key.id, key.prefix)
+    log.info("api key %s: created (%s, scopes %s)", key.id, key.prefix, key.scopes)
     return key, token
 
 

@@ -1,5 +1,6 @@
 """Blueprint "api": the JSON API under /api/v1, bearer API keys, problem+json errors, and the
-OpenAPI 3.1 document built from the routes (`registry`). Resources live in api_<resource>.py."""
+OpenAPI 3.1 document built from the routes (`registry`). Resources live beside it, one module each;
+every route names the key scope it needs (read, write, send, approve)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, g, json, request
 
-from service.accounts.api_keys import verify_api_key
+from service.accounts.api_keys import has_scope, verify_api_key
 from service.api.openapi import Registry
 from service.db import utcnow
 from service.http.context import db_session
-from service.http.problems import answer_errors_as_problems, problem
+from service.http.problems import RequestRejected, answer_errors_as_problems, problem
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,25 @@ def _authenticate() -> Response | None:
         return problem(401, "a valid API key is required (Authorization: Bearer …)",
                        headers={"WWW-Authenticate": 'Bearer realm="communique"'})
     g.api_key = key
+    needed = registry.scopes.get(request.endpoint or "")
+    if needed is not None and not has_scope(key, needed):
+        return _missing_scope(needed)
     return None
+
+
+def require_scope(scope: str) -> None:
+    """For a view whose body decides what it does (a blast created to be sent at once)."""
+    if not has_scope(g.api_key, scope):
+        raise RequestRejected(_missing_scope_text(scope), 403)
+
+
+def _missing_scope_text(scope: str) -> str:
+    return (f"this API key lacks the {scope!r} scope "
+            f"(communique api-keys create NAME --scope {scope})")
+
+
+def _missing_scope(scope: str) -> Response:
+    return problem(403, _missing_scope_text(scope))
 
 
 answer_errors_as_problems(bp)

@@ -3,16 +3,19 @@ resend to the unsent)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from flask import Response
 
-from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry
+from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry, require_scope
 from service.db import utcnow
 from service.delivery import blasts
 from service.errors import FieldError, ValidationError
 from service.http.context import current_settings, db_session
+from service.http.problems import RequestRejected
 from service.models import Blast, BlastStatus, MessageStatus, QueuedMessage
 
 _DATE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -28,6 +31,10 @@ BLAST_CREATE = {
         "send_at": _DATE_TIME, "start_before": _DATE_TIME, "stop_after": _DATE_TIME,
         "schedule": {"type": "boolean", "default": True,
                      "description": "false keeps the blast a draft"},
+        "include_already_sent": {
+            "type": "boolean", "default": False,
+            "description": "also send to contacts who already received this release (in any "
+                           "language); they are left out by default and counted in already_sent_count"},
     },
 }
 SCHEDULE = {"type": "object", "additionalProperties": False, "required": ["send_at"],
@@ -40,6 +47,7 @@ BLAST = registry.schema("Blast", {
         "lists": {"type": "array", "items": {"type": "string"}},
         "filters": {"type": "object"}, "recipient_count": {"type": "integer"},
         "needs_approval": {"type": "boolean"}, "paused_reason": {"type": ["string", "null"]},
+        "include_already_sent": {"type": "boolean"}, "already_sent_count": {"type": "integer"},
         "resend_of_id": {"type": ["integer", "null"]},
         **{name: _DATE_TIME for name in ("send_at", "start_before", "stop_after", "started_at",
                                           "finished_at", "approved_at", "created_at")},
@@ -70,6 +78,8 @@ def blast_json(blast: Blast) -> dict[str, Any]:
     return {"id": blast.id, "release_id": blast.release_id, "status": str(blast.status),
             "lists": sorted(c.name for c in blast.lists), "filters": blast.filters or {},
             "recipient_count": blast.recipient_count, "needs_approval": blast.needs_approval,
+            "include_already_sent": blast.include_already_sent,
+            "already_sent_count": blast.already_sent_count,
             "paused_reason": blast.paused_reason, "resend_of_id": blast.resend_of_id,
             **{name: iso(getattr(blast, name)) for name in (
                 "send_at", "start_before", "stop_after", "started_at", "finished_at",
@@ -106,14 +116,18 @@ def list_blasts(query: dict[str, Any]) -> Response:
 
 
 @registry.route("/blasts", "POST", summary="Create a blast (scheduled unless schedule=false)",
-                tag="blasts", body=BLAST_CREATE, response=BLAST, status=201, errors=(400, 409))
+                tag="blasts", body=BLAST_CREATE, response=BLAST, status=201, errors=(400, 409, 422))
 def create_blast(body: dict[str, Any]) -> Response:
+    if body.get("schedule", True):  # a draft needs `write`; a blast that will go out needs `send`
+        require_scope("send")
     session = db_session()
-    blast = blasts.create_blast(
-        session, current_settings(), release_id=body["release_id"], list_names=body["lists"],
-        filters=body.get("filters"), send_at=_when(body, "send_at"),
-        start_before=_when(body, "start_before"), stop_after=_when(body, "stop_after"),
-        actor=actor(), now=utcnow(), schedule=body.get("schedule", True))
+    with _past_time_unprocessable():
+        blast = blasts.create_blast(
+            session, current_settings(), release_id=body["release_id"], list_names=body["lists"],
+            filters=body.get("filters"), send_at=_when(body, "send_at"),
+            start_before=_when(body, "start_before"), stop_after=_when(body, "stop_after"),
+            actor=actor(), now=utcnow(), schedule=body.get("schedule", True),
+            include_already_sent=body.get("include_already_sent", False))
     session.commit()
     return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})
 
@@ -150,11 +164,24 @@ def list_deliveries(blast_id: int, query: dict[str, Any]) -> Response:
 
 
 @registry.route("/blasts/<int:blast_id>/schedule", "POST", summary="Schedule a draft",
-                tag="blasts", body=SCHEDULE, response=BLAST, errors=(400, 404, 409))
+                tag="blasts", body=SCHEDULE, response=BLAST, errors=(400, 404, 409, 422), scope="send")
 def schedule_blast(blast_id: int, body: dict[str, Any]) -> Response:
     send_at = _when(body, "send_at")
     assert send_at is not None
-    return _change(blasts.schedule_blast, blast_id, send_at=send_at, settings=current_settings())
+    with _past_time_unprocessable():
+        return _change(blasts.schedule_blast, blast_id, send_at=send_at, settings=current_settings())
+
+
+@contextmanager
+def _past_time_unprocessable() -> Iterator[None]:
+    """A well-formed send time in the past is understood but cannot be done: 422, not 400."""
+    try:
+        yield
+    except ValidationError as exc:
+        past = [e for e in exc.errors if e.field == "send_at" and e.reason.startswith("is in the past")]
+        if past:
+            raise RequestRejected(f"send_at {past[0].reason}", 422, field="send_at") from exc
+        raise
 
 
 def _change(action: Any, blast_id: int, **kwargs: Any) -> Response:
@@ -173,7 +200,8 @@ def _state_route(verb: str, summary: str) -> None:
 
     view.__name__ = f"{verb}_blast"
     registry.route(f"/blasts/<int:blast_id>/{verb}", "POST", summary=summary, tag="blasts",
-                   response=BLAST, errors=(404, 409))(view)
+                   response=BLAST, errors=(404, 409),
+                   scope="approve" if verb == "approve" else "send")(view)
 
 
 _state_route("pause", "Pause a running blast")
@@ -184,7 +212,7 @@ _state_route("approve", "Approve a blast waiting for a sender")
 
 @registry.route("/blasts/<int:blast_id>/resend-to-unsent", "POST",
                 summary="A new blast to the contacts who did not get this one", tag="blasts",
-                response=BLAST, status=201, errors=(404, 409))
+                response=BLAST, status=201, errors=(404, 409), scope="send")
 def resend_to_unsent(blast_id: int) -> Response:
     session = db_session()
     blast = blasts.resend_to_unsent(session, current_settings(), blast_id, actor=actor(),

@@ -39,8 +39,10 @@ PROBLEM_SCHEMA: Schema = {
 
 ERROR_DESCRIPTIONS = {400: "Invalid request (the `errors` list names each field)",
                       401: "Missing, unknown or revoked API key",
+                      403: "The API key lacks the scope this action needs",
                       404: "Not found", 409: "Conflicts with the current state",
-                      413: "Body too large", 415: "Unsupported content type"}
+                      413: "Body too large", 415: "Unsupported content type",
+                      422: "Understood but cannot be done (e.g. a send time in the past)"}
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Operation:
     body_type: str
     responses: dict[int, tuple[str, Schema | None]]
     errors: tuple[int, ...]
+    scope: str = "read"
     path_params: dict[str, Schema] = field(default_factory=dict)
 
 
@@ -66,6 +69,7 @@ class Registry:
         self.prefix = prefix
         self.operations: list[Operation] = []
         self.components: dict[str, Schema] = {"Problem": PROBLEM_SCHEMA}
+        self.scopes: dict[str, str] = {}  # endpoint -> the API key scope it needs
 
     def schema(self, name: str, schema: Schema) -> Schema:
         """Register a named component; returns a `$ref` to it (for response documentation)."""
@@ -76,8 +80,11 @@ class Registry:
               query: Schema | None = None, body: Schema | None = None, body_type: str = JSON,
               response: Schema | None = None, status: int = 200, response_type: str = JSON,
               responses: dict[int, tuple[str, Schema | None]] | None = None,
-              errors: tuple[int, ...] = (400, 404)) -> Callable[[Callable[..., Any]], Any]:
-        """Register a view; it receives `query=` (coerced, validated) and `body=` when declared."""
+              errors: tuple[int, ...] = (400, 404),
+              scope: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+        """Register a view; it receives `query=` (coerced, validated) and `body=` when declared.
+        `scope` is what the API key needs (default: read for GET, write otherwise)."""
+        needed = scope or ("read" if method == "GET" else "write")
         query_validator = Draft202012Validator(query) if query else None
         body_validator = Draft202012Validator(body) if body and body_type == JSON else None
         path, params = _openapi_path(rule)
@@ -95,11 +102,12 @@ class Registry:
                 return view(**kwargs)
 
             self.blueprint.add_url_rule(rule, view.__name__, wrapper, methods=[method])
+            self.scopes[f"{self.blueprint.name}.{view.__name__}"] = needed
             self.operations.append(Operation(
                 method=method.lower(), path=self.prefix + path, endpoint=view.__name__,
                 summary=summary, tag=tag, query=query, body=body, body_type=body_type,
                 responses=responses or {status: (response_type, response)}, errors=errors,
-                path_params=params))
+                scope=needed, path_params=params))
             return wrapper
 
         return decorator
@@ -136,12 +144,14 @@ def _operation(op: Operation) -> dict[str, Any]:
         if status != 204:
             entry["content"] = {kind: {"schema": schema or {}} for kind in content_type.split(",")}
         responses[str(status)] = entry
-    for status in sorted({401, *op.errors} | ({400, 415} if op.body else set())):
+    for status in sorted({401, 403, *op.errors} | ({400, 415} if op.body else set())):
         responses[str(status)] = {
             "description": ERROR_DESCRIPTIONS[status],
             "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     result: dict[str, Any] = {"operationId": op.endpoint, "summary": op.summary, "tags": [op.tag],
-                              "parameters": parameters, "responses": responses}
+                              "parameters": parameters, "responses": responses,
+                              "description": f"API key scope: `{op.scope}`.",
+                              "security": [{"bearerAuth": [op.scope]}]}
     if op.body is not None:
         result["requestBody"] = {"required": True, "content": {op.body_type: {"schema": op.body}}}
     return result

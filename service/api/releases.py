@@ -8,8 +8,9 @@ from typing import Any
 from flask import Response
 
 from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry
+from service.api.openapi import JSON
 from service.db import utcnow
-from service.errors import FieldError, ValidationError
+from service.errors import DuplicateRelease, FieldError, ValidationError
 from service.http.context import current_settings, db_session
 from service.models import Release
 from service.releases import store as releases
@@ -32,7 +33,12 @@ _RELEASE_FIELDS: dict[str, Any] = {
 }
 RELEASE_CREATE = {"type": "object", "additionalProperties": False, "required": ["body"],
                   "properties": {**_RELEASE_FIELDS,
-                                 "external_id": {"type": ["string", "null"], "maxLength": 200}}}
+                                 "external_id": {"type": ["string", "null"], "maxLength": 200},
+                                 "allow_duplicate": {
+                                     "type": "boolean", "default": False,
+                                     "description": "create it even if a release with the same title "
+                                                    "and body exists (otherwise that one is answered, "
+                                                    "200, with duplicate_of)"}}}
 RELEASE_UPDATE = {"type": "object", "additionalProperties": False, "properties": _RELEASE_FIELDS}
 RELEASE = registry.schema("Release", {
     "type": "object", "required": ["id", "slug", "title", "language", "body_format", "body"],
@@ -48,6 +54,7 @@ RELEASE = registry.schema("Release", {
         "embargo_until": {"type": ["string", "null"]},
         "attachments": {"type": "array", "items": {"type": "object"}},
         "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+        "duplicate_of": {"type": "integer", "description": "set when an identical release already existed"},
     },
 })
 PREVIEW_QUERY = {"type": "object", "properties": {
@@ -77,7 +84,7 @@ def release_json(release: Release) -> dict[str, Any]:
 
 
 def _fields(body: dict[str, Any]) -> dict[str, Any]:
-    fields = dict(body)
+    fields = {k: v for k, v in body.items() if k != "allow_duplicate"}
     if fields.get("embargo_until") is not None:
         try:
             fields["embargo_until"] = datetime.fromisoformat(fields["embargo_until"].replace("Z", "+00:00"))
@@ -99,12 +106,19 @@ def list_releases(query: dict[str, Any]) -> Response:
 
 
 @registry.route("/releases", "POST", summary="Create a release from Markdown or HTML (sanitized)",
-                tag="releases", body=RELEASE_CREATE, response=RELEASE, status=201,
-                errors=(400, 409))
+                tag="releases", body=RELEASE_CREATE, errors=(400, 409),
+                responses={201: (JSON, RELEASE), 200: (JSON, RELEASE)})
 def create_release(body: dict[str, Any]) -> Response:
     session = db_session()
-    release = releases.create_release(session, current_settings(), actor=actor(), now=utcnow(),
-                                      **_fields(body))
+    try:
+        release = releases.create_release(session, current_settings(), actor=actor(), now=utcnow(),
+                                          allow_duplicate=body.get("allow_duplicate", False),
+                                          **_fields(body))
+    except DuplicateRelease as duplicate:  # the existing release, said so: 200, not 201
+        session.rollback()
+        existing = releases.get_release(session, duplicate.existing_id)
+        return json_response({**release_json(existing), "duplicate_of": existing.id}, 200,
+                             {"Location": f"/api/v1/releases/{existing.id}"})
     session.commit()
     return json_response(release_json(release), 201,
                          {"Location": f"/api/v1/releases/{release.id}"})

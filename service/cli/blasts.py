@@ -54,25 +54,40 @@ def blasts() -> None:
 @click.option("--country", multiple=True, help="Only contacts in this country, ISO code (repeatable).")
 @click.option("--media-type", multiple=True, help="Only this media type (repeatable).")
 @click.option("--tag", multiple=True, help="Only contacts with any of these tags (repeatable).")
+@click.option("--include-already-sent", is_flag=True,
+              help="Also send to contacts who already received this release (left out by default).")
 @json_option
 @pass_context
 def create(context: Context, release_id: int, list_names: tuple[str, ...], send_at: str | None,
            start_before: str | None, stop_after: str | None, language: tuple[str, ...],
            country: tuple[str, ...], media_type: tuple[str, ...], tag: tuple[str, ...],
-           as_json: bool) -> None:
-    """Create a blast; without --at it starts now."""
+           include_already_sent: bool, as_json: bool) -> None:
+    """Create a blast; without --at it starts now. Contacts who already received the release
+    (in any language) are left out unless --include-already-sent."""
     filters = {k: list(v) for k, v in (("languages", language), ("countries", country),
                                        ("media_types", media_type), ("tags", tag)) if v}
     with context.session() as session:
-        blast = create_blast(session, context.settings, release_id=release_id, list_names=list_names,
-                             filters=filters, send_at=_parse_time(send_at, context, "at"),
-                             start_before=_parse_time(start_before, context, "start_before"),
-                             stop_after=_parse_time(stop_after, context, "stop_after"),
-                             actor=ACTOR, now=utcnow())
-        data = {"id": blast.id, "status": str(blast.status), "recipients": blast.recipient_count}
+        try:
+            blast = create_blast(session, context.settings, release_id=release_id, list_names=list_names,
+                                 filters=filters, send_at=_parse_time(send_at, context, "at"),
+                                 start_before=_parse_time(start_before, context, "start_before"),
+                                 stop_after=_parse_time(stop_after, context, "stop_after"),
+                                 actor=ACTOR, now=utcnow(), include_already_sent=include_already_sent)
+        except ValidationError as exc:
+            past = [e for e in exc.errors if e.field == "send_at"]
+            if past:  # a usage error: exit status 2, like any bad option
+                raise click.BadParameter(past[0].reason, param_hint="'--at'") from exc
+            raise
+        data = {"id": blast.id, "status": str(blast.status), "recipients": blast.recipient_count,
+                "already_sent": blast.already_sent_count}
         when = blast.send_at.isoformat() if blast.send_at else "now"
+    left_out = ""
+    if data["already_sent"]:
+        left_out = (f"; {data['already_sent']} already received this release: "
+                    + ("included again" if include_already_sent
+                       else "left out (--include-already-sent to include them)"))
     emit(data, as_json, f"blast {data['id']}: {data['status']}, {data['recipients']} recipients, "
-                        f"send at {when}")
+                        f"send at {when}{left_out}")
 
 
 @blasts.command("list")

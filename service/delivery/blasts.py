@@ -7,6 +7,7 @@ import csv
 import logging
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
 
@@ -33,11 +34,24 @@ from service.models import (
     Suppression,
     list_memberships,
 )
+from service.releases.fingerprint import content_fingerprint
 
 log = logging.getLogger(__name__)
 
 FILTER_KEYS = ("languages", "countries", "media_types", "tags")
 RATE_WINDOW_SECONDS = 60
+PAST_TOLERANCE = timedelta(minutes=1)  # a send time this close to now is "now", not a mistake
+LIVE = (BlastStatus.scheduled, BlastStatus.running, BlastStatus.paused)
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who a blast would reach: `count` contacts, after leaving out the `already_sent` who already
+    received the release (any language variant, any earlier blast; `last_sent_at` the latest)."""
+
+    count: int
+    already_sent: int
+    last_sent_at: datetime | None
 
 
 # ---- audience -------------------------------------------------------------------------------
@@ -70,10 +84,28 @@ def _lists_by_name(session: Session, list_names: Sequence[str]) -> list[ContactL
     return [found[n] for n in names]
 
 
+def release_group_id(session: Session, release_id: int) -> int:
+    """The id shared by a release and its language variants: one release for "one copy each"."""
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFound(f"release {release_id} does not exist")
+    return release.group_id or release.id
+
+
+def _reached(group_id: int) -> Any:
+    """Contacts who received the release group, or are still pending in a live blast of it."""
+    return (select(QueuedMessage.contact_id).join(Blast, Blast.id == QueuedMessage.blast_id)
+            .join(Release, Release.id == Blast.release_id)
+            .where(func.coalesce(Release.group_id, Release.id) == group_id,
+                   or_(QueuedMessage.status == MessageStatus.sent,
+                       and_(Blast.status.in_(LIVE), QueuedMessage.status.in_(PENDING)))))
+
+
 def _audience_where(list_ids: Sequence[int], filters: dict[str, list[str]],
-                    resend_of_id: int | None = None) -> list[Any]:
+                    resend_of_id: int | None = None, *, leave_out_group: int | None = None) -> list[Any]:
     """Conditions on Contact: on one of the lists, matching the filters, active, not suppressed.
-    Each contact once: membership is an IN (subquery), so no join multiplies rows."""
+    Each contact once: membership is an IN (subquery), so no join multiplies rows. With
+    `leave_out_group`, whoever already received that release group is left out."""
     conditions: list[Any] = [
         Contact.id.in_(select(list_memberships.c.contact_id)
                        .where(list_memberships.c.list_id.in_(list(list_ids)))),
@@ -97,30 +129,62 @@ def _audience_where(list_ids: Sequence[int], filters: dict[str, list[str]],
         # Never a second copy: not to whoever got this release from any blast, nor to whoever is
         # still pending in a live one (a resend clicked twice, an API retry).
         release_id = select(Blast.release_id).where(Blast.id == resend_of_id).scalar_subquery()
-        live = (BlastStatus.scheduled, BlastStatus.running, BlastStatus.paused)
         conditions.append(~Contact.id.in_(
             select(QueuedMessage.contact_id).join(Blast, Blast.id == QueuedMessage.blast_id)
             .where(Blast.release_id == release_id,
                    or_(QueuedMessage.status == MessageStatus.sent,
-                       and_(Blast.status.in_(live), QueuedMessage.status.in_(PENDING))))))
+                       and_(Blast.status.in_(LIVE), QueuedMessage.status.in_(PENDING))))))
+    if leave_out_group is not None:
+        conditions.append(~Contact.id.in_(_reached(leave_out_group)))
     return conditions
 
 
-def count_audience(session: Session, list_names: Sequence[str], filters: dict[str, Any] | None) -> int:
+def count_audience(session: Session, list_names: Sequence[str], filters: dict[str, Any] | None,
+                   *, release_id: int | None = None, include_already_sent: bool = False) -> int:
+    """How many contacts a blast would reach; of a release, without those who already received it
+    unless `include_already_sent`."""
     lists = _lists_by_name(session, list_names)
-    where = _audience_where([c.id for c in lists], clean_filters(filters))
+    group = release_group_id(session, release_id) if release_id and not include_already_sent else None
+    where = _audience_where([c.id for c in lists], clean_filters(filters), leave_out_group=group)
     return int(session.scalar(select(func.count()).select_from(Contact).where(*where)) or 0)
 
 
-def preview_audience(session: Session, list_names: Sequence[str], filters: dict[str, Any] | None,
-                     limit: int = 10) -> list[Contact]:
+def describe_audience(session: Session, release_id: int, list_names: Sequence[str],
+                      filters: dict[str, Any] | None, *, include_already_sent: bool = False) -> Audience:
+    """The audience of a blast of this release, with how many of it already received the release."""
     lists = _lists_by_name(session, list_names)
+    group = release_group_id(session, release_id)
     where = _audience_where([c.id for c in lists], clean_filters(filters))
+    reached = Contact.id.in_(_reached(group))
+    everyone = int(session.scalar(select(func.count()).select_from(Contact).where(*where)) or 0)
+    already = int(session.scalar(select(func.count()).select_from(Contact).where(*where, reached)) or 0)
+    last = None
+    if already:
+        last = session.scalar(
+            select(func.max(QueuedMessage.sent_at)).join(Blast, Blast.id == QueuedMessage.blast_id)
+            .join(Release, Release.id == Blast.release_id)
+            .where(func.coalesce(Release.group_id, Release.id) == group,
+                   QueuedMessage.status == MessageStatus.sent,
+                   QueuedMessage.contact_id.in_(select(Contact.id).where(*where))))
+    return Audience(count=everyone if include_already_sent else everyone - already,
+                    already_sent=already, last_sent_at=last)
+
+
+def preview_audience(session: Session, list_names: Sequence[str], filters: dict[str, Any] | None,
+                     limit: int = 10, *, release_id: int | None = None,
+                     include_already_sent: bool = False) -> list[Contact]:
+    lists = _lists_by_name(session, list_names)
+    group = release_group_id(session, release_id) if release_id and not include_already_sent else None
+    where = _audience_where([c.id for c in lists], clean_filters(filters), leave_out_group=group)
     return list(session.scalars(select(Contact).where(*where).order_by(Contact.id).limit(limit)))
 
 
 def _blast_where(blast: Blast) -> list[Any]:
-    return _audience_where([c.id for c in blast.lists], blast.filters or {}, blast.resend_of_id)
+    group = None
+    if not blast.include_already_sent and blast.resend_of_id is None:  # a resend has its own rule
+        group = blast.release.group_id or blast.release_id
+    return _audience_where([c.id for c in blast.lists], blast.filters or {}, blast.resend_of_id,
+                           leave_out_group=group)
 
 
 def enqueue_blast(session: Session, settings: Settings, blast: Blast, *, now: datetime) -> int:
@@ -170,14 +234,21 @@ def list_blasts(session: Session, status: str | None = None) -> list[Blast]:
 
 
 def check_blast_times(*, send_at: datetime | None, start_before: datetime | None,
-                      stop_after: datetime | None, now: datetime) -> None:
+                      stop_after: datetime | None, now: datetime, zone: Any = None) -> None:
     """The schedule's times, checked before anything is stored (the schedule form calls it before
-    its confirmation step): aware, "do not start after" not before the send time, expiry after it."""
+    its confirmation step): aware, not in the past (a minute's grace), "do not start after" not
+    before the send time, expiry after it. `zone` names the office zone in the error."""
     errors: list[FieldError] = []
     for name, value in (("send_at", send_at), ("start_before", start_before), ("stop_after", stop_after)):
         if value is not None and value.tzinfo is None:
             errors.append(FieldError(name, "needs a time zone"))
     if errors:
+        raise ValidationError(errors)
+    if send_at is not None and send_at < now - PAST_TOLERANCE:
+        shown = send_at.astimezone(zone) if zone is not None else send_at
+        where = f" ({zone})" if zone is not None else ""
+        errors.append(FieldError("send_at", f"is in the past: {shown:%Y-%m-%d %H:%M}{where}",
+                                 value=send_at.isoformat()))
         raise ValidationError(errors)
     when = send_at or now
     if start_before is not None and start_before < when:
@@ -192,27 +263,44 @@ def create_blast(session: Session, settings: Settings, *, release_id: int, list_
                  filters: dict[str, Any] | None = None, send_at: datetime | None = None,
                  start_before: datetime | None = None, stop_after: datetime | None = None,
                  actor: str | None = None, now: datetime, resend_of_id: int | None = None,
-                 schedule: bool = True, actor_role: str | None = None) -> Blast:
+                 schedule: bool = True, actor_role: str | None = None,
+                 include_already_sent: bool = False) -> Blast:
     """Create a blast. Without `send_at` it starts now (its ledger rows exist on return). With
-    `schedule=False`, or an editor's blast when approval is required, it stays a draft."""
+    `schedule=False`, or an editor's blast when approval is required, it stays a draft.
+    Contacts who already received the release (any variant, any blast) are left out unless
+    `include_already_sent`; `blast.already_sent_count` says how many. A blast that would reach
+    nobody because everyone already received it is refused (Conflict): nothing is created."""
     errors: list[FieldError] = []
     release = session.get(Release, release_id)
     if release is None:
         errors.append(FieldError("release_id", f"release {release_id} does not exist"))
     if errors:
         raise ValidationError(errors)
-    check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after, now=now)
-    when = send_at or now
+    check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after, now=now,
+                      zone=settings.zone)
+    when = max(send_at or now, now)
     lists = _lists_by_name(session, list_names)
+    already = 0
+    if resend_of_id is None:
+        audience = describe_audience(session, release_id, list_names, filters,
+                                     include_already_sent=include_already_sent)
+        already = audience.already_sent
+        if audience.count == 0 and already:
+            raise Conflict(f"all {already} recipients already received this release; include them "
+                           "again only on purpose (include_already_sent, --include-already-sent)")
     needs_approval = bool(settings.require_approval and actor_role == Role.editor)
     blast = Blast(release_id=release_id, status=BlastStatus.draft, send_at=when, start_before=start_before,
                   stop_after=stop_after, filters=clean_filters(filters), resend_of_id=resend_of_id,
-                  needs_approval=needs_approval, created_by=actor, created_at=now, updated_at=now)
+                  needs_approval=needs_approval, created_by=actor, created_at=now, updated_at=now,
+                  include_already_sent=include_already_sent, already_sent_count=already)
     blast.lists = lists
     session.add(blast)
     session.flush()
     blast.recipient_count = int(session.scalar(
         select(func.count()).select_from(Contact).where(*_blast_where(blast))) or 0)
+    if already:
+        log.info("blast %s: %d contacts already received release %s: %s", blast.id, already,
+                 release_id, "included" if include_already_sent else "left out")
     _event(session, blast, "created", actor, now,
            f"resend of blast {resend_of_id}" if resend_of_id else None)
     if schedule and not needs_approval:
@@ -239,10 +327,39 @@ def approve_blast(session: Session, blast_id: int, *, actor: str | None, now: da
     if blast.status != BlastStatus.draft or not blast.needs_approval or blast.approved_at:
         raise Conflict(f"blast {blast_id} is not waiting for approval")
     blast.approved_by, blast.approved_at = actor, now
+    blast.approved_hash = content_fingerprint(session, release_group_id(session, blast.release_id))
     _event(session, blast, "approved", actor, now)
     send_at = blast.send_at if blast.send_at and blast.send_at > now else now
     _schedule(session, settings, blast, send_at, actor, now)
     return blast
+
+
+def withdraw_approvals(session: Session, group_id: int, *, now: datetime, actor: str | None,
+                       what: str) -> list[int]:
+    """The release changed after a sender approved its blasts: each approved blast not yet started
+    goes back to waiting for approval (draft), with the reason in its history."""
+    approved = list(session.scalars(
+        select(Blast).join(Release, Release.id == Blast.release_id)
+        .where(func.coalesce(Release.group_id, Release.id) == group_id, Blast.needs_approval,
+               Blast.approved_at.is_not(None),
+               Blast.status.in_((BlastStatus.draft, BlastStatus.scheduled)))))
+    for blast in approved:
+        blast.status, blast.approved_at, blast.approved_by, blast.approved_hash = \
+            BlastStatus.draft, None, None, None
+        blast.updated_at = now
+        _event(session, blast, "approval_withdrawn", actor, now, f"the release changed: {what}")
+        log.warning("blast %s: approval withdrawn, release group %s changed (%s)", blast.id,
+                    group_id, what)
+    session.flush()
+    return [b.id for b in approved]
+
+
+def _approval_holds(session: Session, blast: Blast) -> bool:
+    """A blast that needed approval starts only with the content that was approved."""
+    if not blast.needs_approval:
+        return True
+    group = release_group_id(session, blast.release_id)
+    return blast.approved_hash is not None and blast.approved_hash == content_fingerprint(session, group)
 
 
 def schedule_blast(session: Session, blast_id: int, *, send_at: datetime, actor: str | None,
@@ -252,9 +369,9 @@ def schedule_blast(session: Session, blast_id: int, *, send_at: datetime, actor:
         raise Conflict(f"blast {blast_id} is {blast.status}; only a draft can be scheduled")
     if blast.needs_approval and not blast.approved_at:
         raise Conflict(f"blast {blast_id} needs a sender's approval first")
-    if send_at.tzinfo is None:
-        raise ValidationError(FieldError("send_at", "needs a time zone"))
-    _schedule(session, settings, blast, send_at, actor, now)
+    check_blast_times(send_at=send_at, start_before=blast.start_before, stop_after=blast.stop_after,
+                      now=now, zone=settings.zone if settings else None)
+    _schedule(session, settings, blast, max(send_at, now), actor, now)
     return blast
 
 
@@ -263,8 +380,9 @@ def reschedule_blast(session: Session, blast_id: int, *, send_at: datetime, acto
     blast = get_blast(session, blast_id)
     if blast.status not in (BlastStatus.scheduled, BlastStatus.draft):
         raise Conflict(f"blast {blast_id} is {blast.status}; it can no longer be rescheduled")
-    if send_at.tzinfo is None:
-        raise ValidationError(FieldError("send_at", "needs a time zone"))
+    check_blast_times(send_at=send_at, start_before=blast.start_before, stop_after=blast.stop_after,
+                      now=now, zone=settings.zone if settings else None)
+    send_at = max(send_at, now)
     if blast.status == BlastStatus.draft:
         blast.send_at = send_at
         _event(session, blast, "rescheduled", actor, now, send_at.isoformat())
@@ -332,6 +450,14 @@ def start_blast(session: Session, settings: Settings, blast_id: int, *, now: dat
         return False
     blast = get_blast(session, blast_id)
     session.refresh(blast)
+    if not _approval_holds(session, blast):  # changed behind the approval's back: do not send it
+        blast.status, blast.started_at = BlastStatus.draft, None
+        blast.approved_at, blast.approved_by, blast.approved_hash = None, None, None
+        _event(session, blast, "approval_withdrawn", None, now,
+               "the release is not the approved version: not started")
+        log.warning("blast %s: not started, its release differs from the approved version", blast.id)
+        session.flush()
+        return False
     count = enqueue_blast(session, settings, blast, now=now)
     blast.recipient_count = count
     _event(session, blast, "started", None, now, f"{count} recipients")

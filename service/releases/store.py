@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.contacts.fields import NON_ASCII_LOCAL
-from service.errors import Conflict, FieldError, NotFound, RenderError, ValidationError
+from service.delivery.blasts import withdraw_approvals
+from service.errors import Conflict, DuplicateRelease, FieldError, NotFound, RenderError, ValidationError
 from service.models import Attachment, Blast, Contact, Release, ReleaseStatus
 from service.releases.markdown import ReleaseDraft, import_markdown, sanitize_html
 from service.rendering.words import language_of
@@ -47,9 +48,11 @@ def create_release(session: Session, settings: Settings, *, title: str | None = 
                    embargo_until: datetime | None = None, from_name: str | None = None,
                    from_email: str | None = None, reply_to: str | None = None,
                    external_id: str | None = None, variant_of: int | None = None,
-                   actor: str | None = None, now: datetime) -> Release:
+                   actor: str | None = None, now: datetime, allow_duplicate: bool = False) -> Release:
     """A new draft release. A Markdown body without a title is parsed as a pasted release
-    (title, kicker, highlights, dateline, contacts); explicit arguments win over what it found."""
+    (title, kicker, highlights, dateline, contacts); explicit arguments win over what it found.
+    A release with the title and body of an existing one raises DuplicateRelease (naming it)
+    unless `allow_duplicate`: importing the same file twice must not lead to sending it twice."""
     fields: dict[str, Any] = {"body": body, "body_format": body_format, "language": language,
                               "kicker": kicker, "highlights": highlights, "dateline": dateline,
                               "about": about, "press_contacts": press_contacts, "title": title}
@@ -77,12 +80,30 @@ def create_release(session: Session, settings: Settings, *, title: str | None = 
             raise ValidationError(FieldError("language", "this release already has a variant "
                                              f"in this language: {release.language}"))
         release.group_id = group_id
+        # The embargo belongs to the release, not to a language version: a variant shares it.
+        if embargo_until is None:
+            release.embargo_until = base.embargo_until
+        else:
+            _share_embargo(session, group_id, release.embargo_until)
+    if not allow_duplicate:
+        existing = find_duplicate(session, values["title"], values["body"])
+        if existing is not None:
+            raise DuplicateRelease(existing.id, existing.slug)
     session.add(release)
     session.flush()
     if release.group_id is None:
         release.group_id = release.id
+    else:  # a new language variant changes what an approval covered
+        withdraw_approvals(session, release.group_id, now=now, actor=actor,
+                           what=f"new {release.language} variant")
     log.info("release %s: created (%s, %s)", release.id, release.language, release.slug)
     return release
+
+
+def find_duplicate(session: Session, title: str, body: str) -> Release | None:
+    """The oldest release with exactly this title and body, if any."""
+    return session.scalars(select(Release).where(Release.title == title, Release.body == body)
+                           .order_by(Release.id).limit(1)).first()
 
 
 def update_release(session: Session, settings: Settings, release_id: int, *, now: datetime,
@@ -109,10 +130,28 @@ def update_release(session: Session, settings: Settings, release_id: int, *, now
     for name, value in values.items():
         if name in fields or name == "body":
             setattr(release, name, value)
+    if "embargo_until" in fields:
+        _share_embargo(session, release.group_id or release.id, release.embargo_until, now=now)
     release.updated_at = now
     session.flush()
+    changed = sorted(name for name in fields if name != "status")
+    if changed:
+        withdraw_approvals(session, release.group_id or release.id, now=now, actor=None,
+                           what="edited " + ", ".join(changed))
     log.info("release %s: updated (%s)", release.id, ", ".join(sorted(fields)))
     return release
+
+
+def _share_embargo(session: Session, group_id: int, until: datetime | None, *,
+                   now: datetime | None = None) -> None:
+    """Every language variant of the release gets the same embargo (set, moved or lifted)."""
+    for variant in session.scalars(select(Release).where(
+            (Release.group_id == group_id) | (Release.id == group_id))):
+        if variant.embargo_until != until:
+            variant.embargo_until = until
+            if now is not None:
+                variant.updated_at = now
+    session.flush()
 
 
 def has_started_blast(session: Session, release: Release) -> bool:
@@ -171,6 +210,8 @@ def add_attachment(session: Session, settings: Settings, release_id: int, *, fil
     release.updated_at = now
     session.flush()
     log.info("release %s: attachment %s stored (%d bytes)", release.id, attachment.id, len(data))
+    withdraw_approvals(session, release.group_id or release.id, now=now, actor=None,
+                       what=f"attachment {attachment.filename} added")
     return attachment
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from service.accounts import users
 from service.db import utcnow
-from service.errors import ValidationError
+from service.errors import DuplicateRelease, ValidationError
 from service.http.context import current_settings, db_session
 from service.models import Contact
 from service.releases.checks import check_message
@@ -81,9 +81,17 @@ def release_import() -> ResponseReturnValue:
     assert user is not None
     text = import_form.file.data.read().decode("utf-8-sig", errors="replace")
     # Without a title, create_release parses the pasted release (title, kicker, dateline...).
-    release = _releases().create_release(db_session(), current_settings(), body=text,
-                                         body_format="markdown", language=import_form.language.data,
-                                         actor=user.email, now=utcnow())
+    try:
+        release = _releases().create_release(db_session(), current_settings(), body=text,
+                                             body_format="markdown", language=import_form.language.data,
+                                             actor=user.email, now=utcnow(),
+                                             allow_duplicate=request.form.get("md-new") == "y")
+    except DuplicateRelease as duplicate:
+        db_session().rollback()
+        existing = _releases().get_release(db_session(), duplicate.existing_id)
+        flash(_("%(file)s was already imported as “%(title)s”: here it is. Nothing was created.",
+                file=import_form.file.data.filename, title=existing.title), "info")
+        return redirect(url_for("web.release_edit", release_id=existing.id), code=303)
     db_session().commit()
     flash(_("Release imported from %(file)s. Check it, then preview it.",
             file=import_form.file.data.filename), "info")

@@ -119,9 +119,10 @@ def _publish(session: Session, settings: Settings, release: Release | None, data
         if answer["action"] == "ignored" or _blasts(session, release.id, exclude_cancelled=True):
             return answer
     else:
+        # The CMS names its releases (external_id): the same text under a new id is its choice.
         release = releases.create_release(
             session, settings, external_id=data["external_id"], actor=ACTOR, now=now,
-            **_release_fields(data))
+            allow_duplicate=True, **_release_fields(data))
         _add_attachments(session, settings, release, data, now=now)
         log.info("release %s: created from cms event (external id %s)", release.id,
                  data["external_id"])
