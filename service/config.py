@@ -67,6 +67,8 @@ class Settings:
     events_url: str = ""  # outgoing signed webhooks, off when empty
     events_secret: str = field(default="", repr=False)
     require_approval: bool = False
+    undo_seconds: int = 20  # a web "send now" waits this long with an Undo button; 0 = off
+    test_sends_per_hour: int = 50  # test-send addresses per user per hour
     metrics_token: str = field(default="", repr=False)
 
     log_level: str = "INFO"
@@ -144,6 +146,10 @@ class Settings:
                      "domain_concurrency", "smtp_messages_per_connection", "error_window"):
             if getattr(self, name) < 1:
                 fail(name, "must be at least 1")
+        if not 0 <= self.undo_seconds <= 600:
+            fail("undo_seconds", "must be between 0 (no undo) and 600 seconds")
+        if self.test_sends_per_hour < 1:
+            fail("test_sends_per_hour", "must be at least 1")
         if self.send_rate < 0:
             fail("send_rate", "must be 0 (unlimited) or a positive number of messages per second")
         if not 0 < self.error_pause_threshold <= 1:

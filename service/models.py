@@ -171,6 +171,20 @@ class Suppression(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class TestSend(Base):
+    """One address a test of a release was sent to, by whom: the per-user hourly cap and an audit."""
+
+    __tablename__ = "test_sends"
+    __table_args__ = (Index("ix_test_sends_actor_at", "actor", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"), index=True)
+    actor: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(320))
+    outcome: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = _created()
+
+
 class Release(Base):
     """A press release. Language variants share `group_id` (the id of the default-language
     release, whose own group_id is its id)."""

@@ -32,6 +32,8 @@ from service.models import (
     Release,
     Role,
     Suppression,
+    TestSend,
+    User,
     list_memberships,
 )
 from service.releases.fingerprint import content_fingerprint
@@ -395,6 +397,23 @@ def reschedule_blast(session: Session, blast_id: int, *, send_at: datetime, acto
     return blast
 
 
+def undo_send(session: Session, blast_id: int, *, actor: str | None, now: datetime) -> Blast:
+    """Undo a "send now" during its countdown: the scheduled blast goes back to draft, untouched.
+    Once it has started, pause or cancel it instead (Conflict)."""
+    blast = get_blast(session, blast_id)
+    result = session.execute(update(Blast).where(Blast.id == blast_id, Blast.status == BlastStatus.scheduled,
+                                                 Blast.started_at.is_(None))
+                             .values(status=BlastStatus.draft, updated_at=now)
+                             .execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(blast)
+        raise Conflict(f"blast {blast_id} is {blast.status}: too late to undo; pause or cancel it")
+    session.refresh(blast)
+    _event(session, blast, "undone", actor, now)
+    log.info("blast %s: send now undone by %s", blast_id, actor)
+    return blast
+
+
 def _transition(session: Session, blast_id: int, allowed: Sequence[BlastStatus], target: BlastStatus,
                 verb: str, **values: Any) -> Blast:
     """Change status only from an allowed one, with a guarded UPDATE (a worker may race us)."""
@@ -576,9 +595,15 @@ def export_deliveries_csv(session: Session, blast_id: int, out: IO[str], *, stat
 # ---- test sends -----------------------------------------------------------------------------
 
 def send_test(session: Session, settings: Settings, release_id: int, addresses: Sequence[str], *,
-              as_contact_id: int | None = None, now: datetime) -> list[dict[str, Any]]:
+              as_contact_id: int | None = None, now: datetime, actor: str | None = None,
+              actor_role: str | None = None) -> list[dict[str, Any]]:
     """Send the release, as `as_contact_id` would get it, to each address now; the subject is
-    marked [TEST] and nothing is written to the ledger. Returns one result per address."""
+    marked [TEST] and nothing is written to the ledger. Returns one result per address.
+
+    A test is still an email to a person: an address on the do-not-contact list, or of a contact
+    who unsubscribed or bounced, is skipped (outcome `suppressed`); each user may test-send to
+    `settings.test_sends_per_hour` addresses an hour; with approval required, an editor may test
+    only to the addresses of this installation's accounts (the release is not approved yet)."""
     import asyncio
     import dataclasses
 
@@ -586,26 +611,67 @@ def send_test(session: Session, settings: Settings, release_id: int, addresses: 
     from service.delivery.smtp import send_each
     from service.rendering.prepare import Recipient, new_message_id, prepare_release
 
-    cleaned = [normalize_email(a)[0] for a in addresses if a and a.strip()]
+    cleaned = list(dict.fromkeys(normalize_email(a)[0] for a in addresses if a and a.strip()))
     if not cleaned:
         raise ValidationError(FieldError("addresses", "give at least one address"))
     if len(cleaned) > 20:
         raise ValidationError(FieldError("addresses", "at most 20 test addresses at a time"))
+    if actor is not None:
+        _check_test_quota(session, settings, actor, actor_role, cleaned, now=now)
     contact = None
     if as_contact_id is not None:
         contact = session.get(Contact, as_contact_id)
         if contact is None:
             raise ValidationError(FieldError("as_contact_id", f"contact {as_contact_id} does not exist"))
+    blocked = _not_mailable(session, cleaned)
     prepared = prepare_release(session, release_id, settings)
     messages = []
     for address in cleaned:
+        if address.lower() in blocked:
+            continue
         recipient = (dataclasses.replace(Recipient.from_contact(contact), email=address, contact_id=None)
                      if contact
                      else Recipient(email=address))
         messages.append((address, prepared.render_bytes(recipient, message_id=new_message_id(settings),
                                                         now=now, test=True)))
-    results = asyncio.run(send_each(settings, prepared.envelope_from, messages))
-    log.info("release %s: test send to %d addresses", release_id, len(messages))
-    return [{"address": address, "outcome": str(result.outcome), "smtp_code": result.smtp_code,
-             "smtp_reply": result.smtp_reply}
-            for (address, _), (result, _duration) in zip(messages, results, strict=True)]
+    results = asyncio.run(send_each(settings, prepared.envelope_from, messages)) if messages else []
+    log.info("release %s: test send to %d addresses (%d skipped, not mailable)", release_id,
+             len(messages), len(cleaned) - len(messages))
+    answers = {address: {"address": address, "outcome": str(result.outcome),
+                         "smtp_code": result.smtp_code, "smtp_reply": result.smtp_reply}
+               for (address, _), (result, _duration) in zip(messages, results, strict=True)}
+    report = [answers.get(address) or {"address": address, "outcome": "suppressed", "smtp_code": None,
+                                       "smtp_reply": "on the do-not-contact list, unsubscribed or bounced"}
+              for address in cleaned]
+    if actor is not None:
+        session.add_all(TestSend(release_id=release_id, actor=actor, address=r["address"],
+                                 outcome=r["outcome"], at=now) for r in report)
+        session.flush()
+    return report
+
+
+def _check_test_quota(session: Session, settings: Settings, actor: str, actor_role: str | None,
+                      addresses: Sequence[str], *, now: datetime) -> None:
+    if settings.require_approval and actor_role == Role.editor:
+        accounts = {e.lower() for e in session.scalars(select(User.email).where(User.is_active))}
+        outside = [a for a in addresses if a.lower() not in accounts]
+        if outside:
+            raise ValidationError([FieldError("addresses", "before approval, an editor may send tests "
+                                              "only to the addresses of this installation's accounts",
+                                              value=a) for a in outside])
+    used = int(session.scalar(select(func.count()).select_from(TestSend).where(
+        TestSend.actor == actor, TestSend.at > now - timedelta(hours=1))) or 0)
+    if used + len(addresses) > settings.test_sends_per_hour:
+        left = max(settings.test_sends_per_hour - used, 0)
+        raise ValidationError(FieldError(
+            "addresses", f"at most {settings.test_sends_per_hour} test addresses an hour; "
+                         f"{left} left now"))
+
+
+def _not_mailable(session: Session, addresses: Sequence[str]) -> set[str]:
+    """The addresses a test must not reach: suppressed, or of a contact no longer active."""
+    keys = [a.lower() for a in addresses]
+    suppressed = set(session.scalars(select(Suppression.email_key).where(Suppression.email_key.in_(keys))))
+    inactive = set(session.scalars(select(Contact.email_key).where(
+        Contact.email_key.in_(keys), Contact.status != ContactStatus.active)))
+    return suppressed | inactive

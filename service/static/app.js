@@ -52,6 +52,18 @@
     refresh();
   });
 
+  // The countdown of a web "send now" (its Undo button works until the blast starts).
+  document.querySelectorAll("[data-countdown]").forEach(function (el) {
+    var left = parseInt(el.getAttribute("data-countdown"), 10);
+    var tick = function () {
+      left -= 1;
+      if (left <= 0) { window.location.reload(); return; }
+      el.textContent = left;
+      setTimeout(tick, 1000);
+    };
+    if (left > 0) { setTimeout(tick, 1000); }
+  });
+
   // Live blast progress (dashboard rows and the blast page), polling a small JSON endpoint.
   var live = document.querySelectorAll("[data-progress-url]");
   if (live.length) {

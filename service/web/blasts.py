@@ -5,7 +5,7 @@ dashboard's blast lists. Each view calls one function of `blasts`."""
 from __future__ import annotations
 
 import io
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Response, abort, flash, jsonify, redirect, render_template, request, url_for
@@ -113,6 +113,9 @@ def blast_new(release_id: int) -> ResponseReturnValue:
     user = _user()
     now = utcnow()
     lists, filters = _audience_args(request.form)
+    if form.send_now.data and form.send_at.data:
+        form.send_at.errors = [_("Choose a date and time, or tick “Send now”, not both.")]
+        return render_form("blasts/new.html", form, **context), 400
     send_at = None if form.send_now.data else _local(form.send_at.data)
     if not form.send_now.data and send_at is None:
         form.send_at.errors = [_("Choose a date and time, or tick “Send now”.")]
@@ -120,25 +123,34 @@ def blast_new(release_id: int) -> ResponseReturnValue:
     start_before, stop_after = _local(form.start_before.data), _local(form.stop_after.data)
     remember_form("blasts/new.html", form, **context)
     _blasts().check_blast_times(send_at=send_at, start_before=start_before, stop_after=stop_after,
-                                now=now)
+                                now=now, zone=zone)
     may_schedule = users.can_send(user, settings)
+    include = bool(form.include_already_sent.data)
     if form.confirmed.data != "yes":
-        count = _blasts().count_audience(session, lists, filters)
-        first = _blasts().preview_audience(session, lists, filters, limit=10)
-        return render_form("blasts/confirm.html", form, count=count, first=first, send_at=send_at,
-                           start_before=start_before, stop_after=stop_after, lists=lists,
-                           may_schedule=may_schedule, **context)
+        audience = _blasts().describe_audience(session, release.id, lists, filters,
+                                               include_already_sent=include)
+        first = _blasts().preview_audience(session, lists, filters, limit=10, release_id=release.id,
+                                           include_already_sent=include)
+        return render_form("blasts/confirm.html", form, count=audience.count, audience=audience,
+                           first=first, send_at=send_at, start_before=start_before,
+                           stop_after=stop_after, lists=lists, may_schedule=may_schedule,
+                           undo_seconds=settings.undo_seconds, **context)
     remember_form("blasts/new.html", form, **context)
+    undo = send_at is None and may_schedule and settings.undo_seconds > 0
+    if undo:  # "send now" from the web waits a little, with an Undo button
+        send_at = now + timedelta(seconds=settings.undo_seconds)
     blast = _blasts().create_blast(session, settings, release_id=release.id, list_names=lists,
-                                filters=filters, send_at=send_at, start_before=start_before,
-                                stop_after=stop_after,
-                                actor=user.email, actor_role=user.role, now=now,
-                                schedule=may_schedule)
+                                   filters=filters, send_at=send_at, start_before=start_before,
+                                   stop_after=stop_after, actor=user.email, actor_role=user.role,
+                                   now=now, schedule=may_schedule, include_already_sent=include)
     session.commit()
     if blast.status == BlastStatus.draft:
         flash(_("Blast saved. A sender must approve it before it is sent."), "info")
     elif blast.status == BlastStatus.running:
         flash(_("Sending has started."), "info")
+    elif undo:
+        flash(_("Sending starts in %(count)s seconds. You can still undo it.",
+                count=settings.undo_seconds), "info")
     else:
         flash(_("Blast scheduled."), "info")
     return redirect(url_for("web.blast_show", blast_id=blast.id), code=303)
@@ -151,13 +163,19 @@ def blast_new(release_id: int) -> ResponseReturnValue:
 def blast_show(blast_id: int) -> ResponseReturnValue:
     session = db_session()
     blast = _blasts().get_blast(session, blast_id)
+    now = utcnow()
+    undo_left = 0
+    if blast.status == BlastStatus.scheduled and blast.send_at is not None and blast.send_at > now:
+        window = timedelta(seconds=current_settings().undo_seconds)
+        if blast.send_at - window <= now:  # within a "send now" countdown
+            undo_left = max(1, int((blast.send_at - now).total_seconds() + 0.999))
     status = request.args.get("status") or None
     page = max(1, request.args.get("page", 1, type=int) or 1)
     rows = _blasts().list_deliveries(session, blast_id, status=status, offset=(page - 1) * PAGE_SIZE,
                                   limit=PAGE_SIZE + 1)
     return render_template("blasts/show.html", blast=blast, rows=rows[:PAGE_SIZE],
                            has_more=len(rows) > PAGE_SIZE, page=page, status=status,
-                           statuses=list(MessageStatus),
+                           statuses=list(MessageStatus), undo_left=undo_left,
                            progress=_progress(blast_id))
 
 
@@ -211,6 +229,19 @@ def _act(blast_id: int, action: str) -> ResponseReturnValue:
             return redirect(url_for("web.blast_show", blast_id=new.id), code=303)
     session.commit()
     flash(message, "info")
+    return redirect(url_for("web.blast_show", blast_id=blast_id), code=303)
+
+
+@bp.route("/blasts/<int:blast_id>/undo", methods=["POST"])
+@login_required
+def blast_undo(blast_id: int) -> ResponseReturnValue:
+    """Undo a web "send now" during its countdown: back to draft, nothing sent."""
+    user = _user()
+    if not users.can_send(user, current_settings()):
+        abort(403)
+    _blasts().undo_send(db_session(), blast_id, actor=user.email, now=utcnow())
+    db_session().commit()
+    flash(_("Undone: nothing was sent. The blast is a draft again."), "info")
     return redirect(url_for("web.blast_show", blast_id=blast_id), code=303)
 
 

@@ -150,4 +150,5 @@ class ScheduleForm(FlaskForm):
     stop_after = DateTimeLocalField("Stop sending after (optional)", format="%Y-%m-%dT%H:%M",
                                     validators=[Optional()])
     send_now = BooleanField("Send now")
+    include_already_sent = BooleanField("Include them anyway")
     confirmed = HiddenField()

@@ -289,9 +289,17 @@ def release_send_test(release_id: int) -> ResponseReturnValue:
         return redirect(back, code=303)
     addresses = [a.strip() for a in form.addresses.data.replace(";", ",").split(",") if a.strip()]
     remember_form("error.html", None, title=_("Invalid input"))
-    blasts.send_test(db_session(), current_settings(), release_id, addresses,
-                     as_contact_id=int(form.contact_id.data) if form.contact_id.data else None,
-                     now=utcnow())
+    user = current_user()
+    assert user is not None
+    results = blasts.send_test(db_session(), current_settings(), release_id, addresses,
+                               as_contact_id=int(form.contact_id.data) if form.contact_id.data else None,
+                               now=utcnow(), actor=user.email, actor_role=user.role)
     db_session().commit()
-    flash(_("Test sent to %(addresses)s.", addresses=", ".join(addresses)), "info")
+    sent = [r["address"] for r in results if r["outcome"] != "suppressed"]
+    skipped = [r["address"] for r in results if r["outcome"] == "suppressed"]
+    if sent:
+        flash(_("Test sent to %(addresses)s.", addresses=", ".join(sent)), "info")
+    if skipped:
+        flash(_("Not sent to %(addresses)s: on the do-not-contact list, unsubscribed or bounced.",
+                addresses=", ".join(skipped)), "error")
     return redirect(back, code=303)
