@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Response
 
-from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry, require_scope
+from service.api.blueprint import PAGE_QUERY, actor, iso, json_response, page_schema, registry, require_scope
 from service.db import utcnow
 from service.delivery import blasts
 from service.errors import FieldError, ValidationError

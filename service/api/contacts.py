@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response
 
-from service.api import PAGE_QUERY, iso, json_response, page_schema, registry
+from service.api.blueprint import PAGE_QUERY, iso, json_response, page_schema, registry
 from service.contacts import importing
 from service.contacts import store as contacts
 from service.contacts.fields import FIELDS, Kind

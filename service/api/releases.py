@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Response
 
-from service.api import PAGE_QUERY, actor, iso, json_response, page_schema, registry
+from service.api.blueprint import PAGE_QUERY, actor, iso, json_response, page_schema, registry
 from service.api.openapi import JSON
 from service.db import utcnow
 from service.errors import DuplicateRelease, FieldError, ValidationError

@@ -11,8 +11,8 @@ from werkzeug.wrappers import Response
 from service.accounts import users as accounts
 from service.db import utcnow
 from service.http.context import db_session
-from service.web import auth, bp, is_local_path, remember_form, render_form
-from service.web.auth import current_user, login_required, role_required
+from service.web.auth import current_user, login_required, login_user, logout_user, role_required
+from service.web.blueprint import bp, is_local_path, remember_form, render_form
 from service.web.forms import ActionForm, LanguageForm, LoginForm, PreferencesForm, UserForm
 from service.web.i18n import _
 
@@ -37,7 +37,7 @@ def login() -> Response | str | tuple[str, int]:
             return render_template("login.html", form=form), 401
         by_address.reset(address)
         db_session().commit()
-        auth.login_user(user)
+        login_user(user)
         log.info("user %s: logged in", user.id)
         return redirect(_safe_next(form.next.data), code=303)
     return render_template("login.html", form=form)
@@ -46,7 +46,7 @@ def login() -> Response | str | tuple[str, int]:
 @bp.route("/logout", methods=["POST"])
 def logout() -> Response:
     ActionForm().validate_on_submit()  # CSRFProtect already checked the token
-    auth.logout_user()
+    logout_user()
     flash(_("You are signed out."), "info")
     return redirect(url_for("web.login"), code=303)
 

@@ -16,8 +16,8 @@ from service.contacts import store as contacts
 from service.db import utcnow
 from service.http.context import current_settings, db_session
 from service.models import BlastStatus, MediaType, MessageStatus, User
-from service.web import bp, remember_form, render_form
 from service.web.auth import current_user, login_required
+from service.web.blueprint import bp, remember_form, render_form
 from service.web.forms import ScheduleForm, options
 from service.web.i18n import _, current_zone, format_time, utc_offset
 

@@ -15,8 +15,8 @@ from service.contacts import store as contacts
 from service.db import utcnow
 from service.http.context import db_session
 from service.models import ContactStatus, MediaType
-from service.web import bp, remember_form, render_form
 from service.web.auth import current_user, login_required, role_required
+from service.web.blueprint import bp, remember_form, render_form
 from service.web.forms import CONTACT_FORM_FIELDS, ContactForm, ImportForm, SuppressForm, options
 from service.web.i18n import _
 

@@ -7,8 +7,8 @@ from flask.typing import ResponseReturnValue
 
 from service.http.context import current_settings
 from service.ops import outbox
-from service.web import bp
 from service.web.auth import login_required
+from service.web.blueprint import bp
 
 OUTBOX_ENABLED = "COMMUNIQUE_OUTBOX"
 

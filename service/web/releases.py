@@ -16,8 +16,8 @@ from service.errors import DuplicateRelease, ValidationError
 from service.http.context import current_settings, db_session
 from service.models import Contact
 from service.releases.checks import check_message
-from service.web import bp, remember_form, render_form
 from service.web.auth import current_user, login_required, role_required
+from service.web.blueprint import bp, remember_form, render_form
 from service.web.forms import (
     RELEASE_LANGUAGES,
     AttachmentForm,
