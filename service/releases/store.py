@@ -7,7 +7,9 @@ import hashlib
 import logging
 import re
 import unicodedata
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,16 @@ from service.config import Settings
 from service.contacts.fields import NON_ASCII_LOCAL
 from service.delivery.blasts import withdraw_approvals
 from service.errors import Conflict, DuplicateRelease, FieldError, NotFound, RenderError, ValidationError
-from service.models import Attachment, Blast, Contact, Release, ReleaseStatus
+from service.models import (
+    Attachment,
+    Blast,
+    BlastStatus,
+    Contact,
+    MessageStatus,
+    QueuedMessage,
+    Release,
+    ReleaseStatus,
+)
 from service.releases.markdown import ReleaseDraft, import_markdown, sanitize_html
 from service.rendering.words import language_of
 
@@ -37,8 +48,9 @@ _UPDATABLE = {"title", "body", "body_format", "language", "kicker", "highlights"
               "press_contacts", "embargo_until", "from_name", "from_email", "reply_to", "status",
               "external_id"}
 
-__all__ = ["ReleaseDraft", "add_attachment", "create_release", "get_release", "has_started_blast",
-           "import_markdown", "list_releases", "preview", "update_release", "validate_release"]
+__all__ = ["ReleaseDraft", "ReleaseGroup", "ReleaseState", "add_attachment", "blasts_of",
+           "copy_release", "create_release", "get_release", "has_started_blast", "import_markdown",
+           "list_release_groups", "list_releases", "preview", "update_release", "validate_release"]
 
 
 def create_release(session: Session, settings: Settings, *, title: str | None = None, body: str,
@@ -161,6 +173,103 @@ def has_started_blast(session: Session, release: Release) -> bool:
     return session.scalar(select(Blast.id).join(Release, Blast.release_id == Release.id).where(
         (Release.group_id == group_id) | (Release.id == group_id) | (Release.id == release.id),
         Blast.started_at.is_not(None)).limit(1)) is not None
+
+
+def copy_release(session: Session, settings: Settings, release_id: int, *, actor: str | None,
+                 now: datetime) -> Release:
+    """A new version of a release to edit and send separately: a draft copy of the release and of
+    each of its language variants (new slugs, no blasts, attachments copied, no CMS id), in a
+    group of its own. Returns the copy of `release_id`."""
+    original = get_release(session, release_id)
+    copies: dict[int, Release] = {}
+    head: Release | None = None
+    for source in variants_of(session, original):
+        copy = create_release(
+            session, settings, title=source.title, body=source.body, body_format=source.body_format,
+            language=source.language, kicker=source.kicker, highlights=list(source.highlights or []),
+            dateline=source.dateline, about=source.about,
+            press_contacts=[dict(c) for c in source.press_contacts or []],
+            embargo_until=source.embargo_until, from_name=source.from_name,
+            from_email=source.from_email, reply_to=source.reply_to,
+            variant_of=head.id if head is not None else None, actor=actor, now=now,
+            allow_duplicate=True)  # the same text on purpose: the new version is edited next
+        head = head or copy
+        copies[source.id] = copy
+        folder = Path(settings.instance_path) / "attachments"
+        for attachment in source.attachments:
+            add_attachment(session, settings, copy.id, filename=attachment.filename,
+                           content_type=attachment.content_type,
+                           data=(folder / attachment.path).read_bytes(), now=now)
+    log.info("release %s: new version %s", original.id, copies[original.id].id)
+    return copies[original.id]
+
+
+def blasts_of(session: Session, release: Release) -> list[Blast]:
+    """The blasts of a release and of its language variants, newest first (its send history)."""
+    group_id = release.group_id or release.id
+    return list(session.scalars(select(Blast).join(Release, Blast.release_id == Release.id).where(
+        (Release.group_id == group_id) | (Release.id == group_id)).order_by(Blast.id.desc())))
+
+
+class ReleaseState(StrEnum):
+    draft = "draft"
+    scheduled = "scheduled"
+    sending = "sending"
+    sent = "sent"
+
+
+@dataclass
+class ReleaseGroup:
+    """A release with its language variants, and where its sending stands: `scheduled_at` the
+    next scheduled blast, `sent_at` the last message sent, `sent_count` the journalists reached."""
+
+    release: Release
+    variants: list[Release] = field(default_factory=list)
+    state: ReleaseState = ReleaseState.draft
+    scheduled_at: datetime | None = None
+    sent_at: datetime | None = None
+    sent_count: int = 0
+
+
+def list_release_groups(session: Session) -> list[ReleaseGroup]:
+    """Every release (newest first) with its variants under it and its sending state: sending while
+    a blast runs or is paused, else scheduled while one is due, else sent once a blast started."""
+    groups: dict[int, ReleaseGroup] = {}
+    releases = list_releases(session)
+    for release in sorted(releases, key=lambda r: r.id):
+        key = release.group_id or release.id
+        if key in groups:
+            groups[key].variants.append(release)
+        else:
+            groups[key] = ReleaseGroup(release)
+    group_key = func.coalesce(Release.group_id, Release.id)
+    started: set[int] = set()
+    for key, status, send_at, started_at in session.execute(
+            select(group_key, Blast.status, Blast.send_at, Blast.started_at)
+            .join(Release, Blast.release_id == Release.id)):
+        group = groups.get(key)
+        if group is None:
+            continue
+        if status in (BlastStatus.running, BlastStatus.paused):
+            group.state = ReleaseState.sending
+        elif status == BlastStatus.scheduled and send_at is not None and (
+                group.scheduled_at is None or send_at < group.scheduled_at):
+            group.scheduled_at = send_at
+        if started_at is not None:
+            started.add(key)
+    for key, count, last in session.execute(
+            select(group_key, func.count(func.distinct(QueuedMessage.contact_id)),
+                   func.max(QueuedMessage.sent_at))
+            .join(Blast, QueuedMessage.blast_id == Blast.id)
+            .join(Release, Blast.release_id == Release.id)
+            .where(QueuedMessage.status == MessageStatus.sent).group_by(group_key)):
+        if key in groups:
+            groups[key].sent_count, groups[key].sent_at = int(count), last
+    for key, group in groups.items():
+        if group.state == ReleaseState.draft:
+            group.state = (ReleaseState.scheduled if group.scheduled_at is not None
+                           else ReleaseState.sent if key in started else ReleaseState.draft)
+    return sorted(groups.values(), key=lambda g: g.release.id, reverse=True)
 
 
 def get_release(session: Session, id_or_slug: int | str) -> Release:
