@@ -28,11 +28,13 @@ from werkzeug.serving import make_server
 
 from service import create_app
 from service.config import Settings
+from service.contacts.importing import import_contacts
 from service.db import utcnow
-from service.delivery.blasts import run_due_blasts
+from service.delivery.blasts import create_blast, run_due_blasts
 from service.delivery.scheduler import start_scheduler
 from service.delivery.worker import run_worker
 from service.models import Blast, BlastStatus, Contact, ContactStatus
+from service.releases.store import create_release
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,5 +247,68 @@ def test_press_officer_day_in_the_browser(live: Live, browser: Any, db: Session,
     mobile.keyboard.press("Tab")
     outline = mobile.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none", outline
+    assert not errors, errors
+    context.close()
+
+
+def test_sent_release_is_read_only_with_a_new_version_button(live: Live, browser: Any, db: Session,
+                                                             artifacts: Path) -> None:
+    """A release whose blast went out opens read-only with its send history and a "new version"
+    button that opens an editable copy; the releases list shows each release's state."""
+    make_user(db, "chef@onmt.example.org")
+    now = utcnow()
+    import_contacts(db, SAMPLE_CSV.read_bytes(), list_name="presse-nationale", now=now)
+    release = create_release(db, live.settings, body=SAMPLE_RELEASE.read_text(), actor="x", now=now)
+    later = create_release(db, live.settings, title="Tournée régionale", body="Bientôt.", actor="x", now=now)
+    create_blast(db, live.settings, release_id=later.id, list_names=["presse-nationale"],
+                 send_at=now + timedelta(days=1), actor="x", now=now)
+    blast = create_blast(db, live.settings, release_id=release.id, list_names=["presse-nationale"],
+                         actor="x", now=now)  # starts now: the worker delivers it
+    db.commit()
+    release_id, blast_id, recipients, later_id = release.id, blast.id, blast.recipient_count, later.id
+    db.rollback()  # on SQLite every transaction takes the write lock: never hold one open
+    for _ in range(300):
+        status = db.scalar(select(Blast.status).where(Blast.id == blast_id))
+        db.rollback()
+        if status == BlastStatus.finished:
+            break
+        threading.Event().wait(0.1)
+    assert status == BlastStatus.finished
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="fr-FR")
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live.url}/login")
+    page.get_by_label("Adresse e-mail").fill("chef@onmt.example.org")
+    page.get_by_label("Mot de passe").fill(PASSWORD)
+    page.get_by_role("button", name="Se connecter").click()
+    page.get_by_role("heading", name="Tableau de bord").wait_for()
+
+    page.goto(f"{live.url}/releases/{release_id}")
+    assert "ne peut plus être modifié" in page.get_by_test_id("read-only").inner_text()
+    assert page.locator("textarea, button:has-text('Enregistrer')").count() == 0
+    history = page.get_by_test_id("send-history")
+    assert f"#{blast_id}" in history.inner_text() and "terminé" in history.inner_text()
+    _shot(page, artifacts, "20-sent-release")
+
+    page.goto(f"{live.url}/releases")
+    sent_row = page.get_by_test_id(f"release-{release_id}")
+    assert re.search(rf"Envoyé le .+ à {recipients} destinataires", sent_row.inner_text())
+    assert "Programmé le" in page.get_by_test_id(f"release-{later_id}").inner_text()
+    _shot(page, artifacts, "21-releases-states")
+
+    page.goto(f"{live.url}/releases/{release_id}")
+    page.get_by_role("button", name="Nouvelle version").click()
+    page.get_by_text("Nouvelle version créée").wait_for()
+    assert page.url != f"{live.url}/releases/{release_id}"
+    page.get_by_label("Points forts (un par ligne)").wait_for()
+    assert "Réunion à Casablanca" in page.get_by_label("Points forts (un par ligne)").input_value()
+    page.locator("#live-preview .preview-highlights li").first.wait_for()
+    page.get_by_role("button", name="Enregistrer", exact=True).wait_for()
+    _shot(page, artifacts, "22-new-version")
+    page.goto(f"{live.url}/releases")
+    assert page.locator("tbody[data-state=draft]").count() >= 1
     assert not errors, errors
     context.close()

@@ -19,7 +19,13 @@ from service.config import Settings
 from service.contacts.fields import NON_ASCII_LOCAL
 from service.delivery.blasts import withdraw_approvals
 from service.errors import Conflict, DuplicateRelease, FieldError, NotFound, RenderError, ValidationError
-from service.models import Attachment, Blast, Contact, Release, ReleaseStatus
+from service.models import (
+    Attachment,
+    Blast,
+    Contact,
+    Release,
+    ReleaseStatus,
+)
 from service.releases.markdown import ReleaseDraft, import_markdown, sanitize_html
 from service.rendering.words import language_of
 
@@ -37,8 +43,9 @@ _UPDATABLE = {"title", "body", "body_format", "language", "kicker", "highlights"
               "press_contacts", "embargo_until", "from_name", "from_email", "reply_to", "status",
               "external_id"}
 
-__all__ = ["ReleaseDraft", "add_attachment", "create_release", "get_release", "has_started_blast",
-           "import_markdown", "list_releases", "preview", "update_release", "validate_release"]
+__all__ = ["ReleaseDraft", "add_attachment", "copy_release", "create_release", "get_release",
+           "has_started_blast", "import_markdown", "list_releases", "preview", "update_release",
+           "validate_release"]
 
 
 def create_release(session: Session, settings: Settings, *, title: str | None = None, body: str,
@@ -161,6 +168,35 @@ def has_started_blast(session: Session, release: Release) -> bool:
     return session.scalar(select(Blast.id).join(Release, Blast.release_id == Release.id).where(
         (Release.group_id == group_id) | (Release.id == group_id) | (Release.id == release.id),
         Blast.started_at.is_not(None)).limit(1)) is not None
+
+
+def copy_release(session: Session, settings: Settings, release_id: int, *, actor: str | None,
+                 now: datetime) -> Release:
+    """A new version of a release to edit and send separately: a draft copy of the release and of
+    each of its language variants (new slugs, no blasts, attachments copied, no CMS id), in a
+    group of its own. Returns the copy of `release_id`."""
+    original = get_release(session, release_id)
+    copies: dict[int, Release] = {}
+    head: Release | None = None
+    for source in variants_of(session, original):
+        copy = create_release(
+            session, settings, title=source.title, body=source.body, body_format=source.body_format,
+            language=source.language, kicker=source.kicker, highlights=list(source.highlights or []),
+            dateline=source.dateline, about=source.about,
+            press_contacts=[dict(c) for c in source.press_contacts or []],
+            embargo_until=source.embargo_until, from_name=source.from_name,
+            from_email=source.from_email, reply_to=source.reply_to,
+            variant_of=head.id if head is not None else None, actor=actor, now=now,
+            allow_duplicate=True)  # the same text on purpose: the new version is edited next
+        head = head or copy
+        copies[source.id] = copy
+        folder = Path(settings.instance_path) / "attachments"
+        for attachment in source.attachments:
+            add_attachment(session, settings, copy.id, filename=attachment.filename,
+                           content_type=attachment.content_type,
+                           data=(folder / attachment.path).read_bytes(), now=now)
+    log.info("release %s: new version %s", original.id, copies[original.id].id)
+    return copies[original.id]
 
 
 def get_release(session: Session, id_or_slug: int | str) -> Release:

@@ -14,21 +14,30 @@
     return function () { clearTimeout(timer); timer = setTimeout(fn, ms); };
   }
 
-  // Live Markdown preview beside the release editor.
+  // Live preview beside the release editor: the whole form (kicker, title, highlights, dateline,
+  // body, about, press contacts) as the email shows it.
   document.querySelectorAll("[data-live-preview]").forEach(function (textarea) {
     var target = document.getElementById(textarea.getAttribute("data-live-preview"));
     var url = textarea.getAttribute("data-preview-url");
-    var token = document.querySelector("input[name=csrf_token]");
+    var form = textarea.form;
     if (!target || !url) { return; }
     var refresh = debounce(function () {
-      var body = new FormData();
-      body.append("body", textarea.value);
-      if (token) { body.append("csrf_token", token.value); }
+      var body;
+      if (form) {
+        body = new FormData(form);
+      } else {
+        body = new FormData();
+        body.append("body", textarea.value);
+        var token = document.querySelector("input[name=csrf_token]");
+        if (token) { body.append("csrf_token", token.value); }
+      }
       fetch(url, { method: "POST", body: body, credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.text() : ""; })
-        .then(function (html) { target.innerHTML = html; });
+        .then(function (html) { target.innerHTML = html; })
+        .catch(function () { /* the next keystroke tries again */ });
     }, 400);
-    textarea.addEventListener("input", refresh);
+    (form || textarea).addEventListener("input", refresh);
+    (form || textarea).addEventListener("change", refresh);
     refresh();
   });
 

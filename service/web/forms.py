@@ -4,6 +4,10 @@ Labels are English source strings; templates translate them with `_()`."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
 from flask_wtf.file import FileField, FileRequired
@@ -11,6 +15,9 @@ from wtforms import (
     BooleanField,
     DateTimeLocalField,
     EmailField,
+    FieldList,
+    Form,
+    FormField,
     HiddenField,
     PasswordField,
     SelectField,
@@ -23,6 +30,7 @@ from wtforms.fields.core import UnboundField
 from wtforms.validators import DataRequired, Email, Length, Optional
 
 from service.contacts.fields import FIELDS, ContactField, Kind
+from service.web.i18n import _
 
 csrf = CSRFProtect()
 
@@ -104,17 +112,66 @@ class SuppressForm(FlaskForm):
     reason = StringField("Reason", validators=[Optional(), Length(max=300)])
 
 
+PRESS_CONTACT_KEYS = ("organisation", "name", "phone", "email")
+PRESS_CONTACT_ROWS = 20  # as many as the CMS webhook accepts
+BAD_CONTACT_EMAIL = "Press contact %(row)s, email: this is not a valid address."
+BAD_CONTACT_PHONE = "Press contact %(row)s, phone: use only digits, spaces and + ( ) . - /"
+_PHONE = re.compile(r"\+?[0-9 ().\-/]{6,40}")
+
+
+class PressContactForm(Form):
+    """One row of the press contacts: empty rows are ignored (plain Form: the release form's CSRF
+    token covers it)."""
+    organisation = StringField("Organisation or role", validators=[Optional(), Length(max=200)])
+    name = StringField("Name", validators=[Optional(), Length(max=200)])
+    phone = StringField("Phone", validators=[Optional(), Length(max=40)])
+    email = StringField("Email address", validators=[Optional(), Length(max=320)])
+
+
 class ReleaseForm(FlaskForm):
     title = StringField("Title", validators=[DataRequired(), Length(max=500)])
     kicker = StringField("Kicker", validators=[Optional(), Length(max=200)])
     language = SelectField("Language", choices=options(RELEASE_LANGUAGES))
     dateline = StringField("Dateline", validators=[Optional(), Length(max=300)])
+    highlights = TextAreaField("Highlights (one per line)", validators=[Optional()])
     body = TextAreaField("Body (Markdown)")
     about = TextAreaField("About", validators=[Optional()])
+    press_contacts = FieldList(FormField(PressContactForm), min_entries=3,
+                               max_entries=PRESS_CONTACT_ROWS)
     embargo_until = DateTimeLocalField("Embargo until", format="%Y-%m-%dT%H:%M",
                                        validators=[Optional()])
     from_name = StringField("Sender name", validators=[Optional(), Length(max=200)])
     reply_to = StringField("Reply-To", validators=[Optional(), Length(max=320)])
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        """The fields, then each press contact's email and phone, the error naming its row."""
+        valid = super().validate(extra_validators)
+        for number, row in enumerate(self.press_contacts, start=1):
+            email, phone = row.form.email, row.form.phone
+            if (email.data or "").strip() and not _is_address(email.data.strip()):
+                email.errors = [*email.errors, _(BAD_CONTACT_EMAIL, row=number)]
+                valid = False
+            if (phone.data or "").strip() and not _PHONE.fullmatch(phone.data.strip()):
+                phone.errors = [*phone.errors, _(BAD_CONTACT_PHONE, row=number)]
+                valid = False
+        return valid
+
+    def highlight_lines(self) -> list[str]:
+        return [line.strip() for line in (self.highlights.data or "").splitlines() if line.strip()]
+
+    def contact_rows(self) -> list[dict[str, str | None]]:
+        """The filled rows as the release stores them (empty rows left out)."""
+        rows = [{key: (row.form[key].data or "").strip() or None for key in PRESS_CONTACT_KEYS}
+                for row in self.press_contacts]
+        return [row for row in rows if any(row.values())]
+
+
+def _is_address(text: str) -> bool:
+    try:
+        validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
 
 
 class MarkdownImportForm(FlaskForm):

@@ -326,4 +326,47 @@ FR: dict[str, str] = {
     "inline image of # KB": "image intégrée de # Ko",
     "image # px wide": "image de # px de large",
     "(empty)": "(vide)",
+    # ---- release editing (releases-ui) ----------------------------------------------------
+    "Highlights (one per line)": "Points forts (un par ligne)",
+    "Shown in bold above the text: one highlight per line.":
+        "En gras au-dessus du texte : un point fort par ligne.",
+    "A few words above the title, e.g. “Press release”.":
+        "Quelques mots au-dessus du titre, par exemple « Communiqué de presse ».",
+    "The boilerplate at the end: who the office is.": "Le paragraphe de fin : qui est l’Office.",
+    "Press contacts": "Contacts presse",
+    "Press contact %(row)s": "Contact presse %(row)s",
+    "Shown at the end of the email. Empty rows are ignored; save to get more rows.":
+        "Affichés à la fin de l’e-mail. Les lignes vides sont ignorées ; enregistrez pour en avoir d’autres.",
+    "Organisation or role": "Organisme ou fonction",
+    "Phone": "Téléphone",
+    "Press contact %(row)s, email: this is not a valid address.":
+        "Contact presse %(row)s, e-mail : cette adresse n’est pas valide.",
+    "Press contact %(row)s, phone: use only digits, spaces and + ( ) . - /":
+        "Contact presse %(row)s, téléphone : uniquement des chiffres, des espaces et + ( ) . - /",
+    "This release has started sending: it can no longer be changed, so that every recipient gets "
+    "the same version. To change it, make a new version.":
+        "L’envoi de ce communiqué a commencé : il ne peut plus être modifié, pour que chaque "
+        "destinataire reçoive la même version. Pour le changer, créez une nouvelle version.",
+    "New version": "Nouvelle version",
+    "“New version” makes a draft copy of this release and of its language variants, to edit and "
+    "send separately.":
+        "« Nouvelle version » crée une copie en brouillon de ce communiqué et de ses versions "
+        "linguistiques, à modifier et envoyer séparément.",
+    "New version created: a draft of its own, to edit and send separately.":
+        "Nouvelle version créée : un brouillon à part, à modifier et envoyer séparément.",
+    "Your changes were not saved": "Vos modifications n’ont pas été enregistrées",
+    "Sending started after you opened the form. Your changes are below: keep them as a new version, "
+    "or leave this page to drop them.":
+        "L’envoi a commencé après l’ouverture du formulaire. Vos modifications sont ci-dessous : "
+        "gardez-les dans une nouvelle version, ou quittez cette page pour les abandonner.",
+    "Save my changes as a new version": "Enregistrer mes modifications dans une nouvelle version",
+    "Send history": "Historique des envois",
+    "Planned for": "Prévu le",
+    "The release as sent": "Le communiqué tel qu’envoyé",
+    "No press contact.": "Aucun contact presse.",
+    "State": "État",
+    "Sending": "En cours d’envoi",
+    "Scheduled for %(time)s": "Programmé le %(time)s",
+    "Sent on %(date)s to %(count)s recipients": "Envoyé le %(date)s à %(count)s destinataires",
+    "Variant:": "Version :",
 }

@@ -1,6 +1,7 @@
-"""Release pages: list, create (or import a Markdown file), edit with a live preview, attachments,
-the email preview (desktop and mobile width, text part, headers, raw source, warnings) and the
-test send. Each view calls one function of `releases` / `blasts`."""
+"""Release pages: list (state of each release, variants under it), create (or import a Markdown
+file), edit with a live preview, the read-only page of a release that has started sending and its
+"new version", attachments, the email preview (desktop and mobile width, text part, headers, raw
+source, warnings) and the test send. Each view calls one function of `releases` / `blasts`."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from service.accounts import users
 from service.db import utcnow
 from service.errors import DuplicateRelease, ValidationError
 from service.http.context import current_settings, db_session
-from service.models import Contact
+from service.models import Contact, Release
 from service.releases.checks import check_message
+from service.releases.markdown import markdown_to_html
+from service.releases.states import blasts_of, list_release_groups
+from service.rendering.prepare import release_html
 from service.web.auth import current_user, login_required, role_required
 from service.web.blueprint import bp, remember_form, render_form
 from service.web.forms import (
+    PRESS_CONTACT_KEYS,
+    PRESS_CONTACT_ROWS,
     RELEASE_LANGUAGES,
     AttachmentForm,
     MarkdownImportForm,
@@ -37,25 +43,54 @@ def _releases() -> Any:
     return releases
 
 
+STARTED = ("This release has started sending: it can no longer be changed, so that every "
+           "recipient gets the same version. To change it, make a new version.")
+
+
 def _release_fields(form: ReleaseForm) -> dict[str, Any]:
+    """The form's values as `create_release` / `update_release` take them. Highlights and press
+    contacts absent from the request (a client posting some fields only) are left as they are."""
     data: dict[str, Any] = {name: (form[name].data or None) for name in FIELDS}
     data["title"] = form.title.data
     data["body"] = form.body.data or ""
     embargo = form.embargo_until.data
     data["embargo_until"] = embargo.replace(tzinfo=current_zone()) if embargo else None
+    if "highlights" in request.form:
+        data["highlights"] = form.highlight_lines()
+    if any(key.startswith("press_contacts-") for key in request.form):
+        data["press_contacts"] = form.contact_rows()
     return data
+
+
+def _release_form(release: Release | None = None, *, from_request: bool = False,
+                  **defaults: Any) -> ReleaseForm:
+    """The editor filled from the stored release (and, on a POST, from the request over it), with
+    two empty press contact rows to fill."""
+    data: dict[str, Any] = dict(defaults)
+    if release is not None:
+        data.update({name: getattr(release, name) for name in FIELDS})
+        data["highlights"] = "\n".join(release.highlights or [])
+        data["press_contacts"] = [{key: entry.get(key) for key in PRESS_CONTACT_KEYS}
+                                  for entry in release.press_contacts or []]
+        if release.embargo_until:
+            data["embargo_until"] = release.embargo_until.astimezone(current_zone()).replace(tzinfo=None)
+    form = ReleaseForm(data=data) if from_request else ReleaseForm(formdata=None, data=data)
+    wanted = min(PRESS_CONTACT_ROWS, max(3, len(form.contact_rows()) + 2))
+    while len(form.press_contacts) < wanted:
+        form.press_contacts.append_entry()
+    return form
 
 
 @bp.route("/releases")
 @login_required
 def releases_index() -> ResponseReturnValue:
-    return render_template("releases/index.html", releases=_releases().list_releases(db_session()))
+    return render_template("releases/index.html", groups=list_release_groups(db_session()))
 
 
 @bp.route("/releases/new", methods=["GET", "POST"])
 @role_required(users.can_edit)
 def release_new() -> ResponseReturnValue:
-    form = ReleaseForm(language=request.args.get("language") or "fr")
+    form = _release_form(from_request=True, language=request.args.get("language") or "fr")
     import_form = MarkdownImportForm(prefix="md")
     if form.validate_on_submit():
         remember_form("releases/new.html", form, import_form=import_form)
@@ -72,7 +107,7 @@ def release_new() -> ResponseReturnValue:
 @bp.route("/releases/import", methods=["POST"])
 @role_required(users.can_edit)
 def release_import() -> ResponseReturnValue:
-    form = ReleaseForm()
+    form = _release_form(from_request=True)
     import_form = MarkdownImportForm(prefix="md")
     if not import_form.validate_on_submit():
         return render_form("releases/new.html", form, import_form=import_form), 400
@@ -103,21 +138,70 @@ def release_import() -> ResponseReturnValue:
 def release_edit(release_id: int) -> ResponseReturnValue:
     releases = _releases()
     release = releases.get_release(db_session(), release_id)
-    form = ReleaseForm(obj=release) if request.method == "POST" else _saved_form(release)
-    context = _edit_context(release)
-    if request.method == "POST":
+    posted = request.method == "POST"
+    if posted:
         user = current_user()
         if user is None or not users.can_edit(user):
             return render_template("error.html", title=_("Not allowed"),
                                    message=_("Your role does not allow this action.")), 403
-        if form.validate_on_submit():
-            remember_form("releases/edit.html", form, **context)
-            releases.update_release(db_session(), current_settings(), release_id,
-                                    **_release_fields(form), now=utcnow())
-            db_session().commit()
-            flash(_("Release saved."), "info")
-            return redirect(url_for("web.release_edit", release_id=release_id), code=303)
+    if releases.has_started_blast(db_session(), release):
+        # Opened before sending started: the changes are shown back, to keep as a new version.
+        form = _release_form(release, from_request=True) if posted else None
+        return render_template("releases/sent.html", form=form, **_sent_context(release)), \
+            409 if posted else 200
+    form = _release_form(release, from_request=posted)
+    context = _edit_context(release)
+    if posted and form.validate_on_submit():
+        remember_form("releases/edit.html", form, **context)
+        releases.update_release(db_session(), current_settings(), release_id,
+                                **_release_fields(form), now=utcnow())
+        db_session().commit()
+        flash(_("Release saved."), "info")
+        return redirect(url_for("web.release_edit", release_id=release_id), code=303)
     return render_form("releases/edit.html", form, **context)
+
+
+def _sent_context(release: Release) -> dict[str, Any]:
+    """The read-only page: the release as sent, its variants and its send history."""
+    from service.delivery import blasts
+
+    session = db_session()
+    history = blasts_of(session, release)
+    body_html, about_html = release_html(release)
+    return {"release": release, "variants": _variants(release), "online_url": _online_url(release),
+            "body_html": body_html, "about_html": about_html, "history": history,
+            "counts": {b.id: blasts.blast_counts(session, b.id) for b in history},
+            "started_message": _(STARTED)}
+
+
+@bp.route("/releases/<int:release_id>/new-version", methods=["POST"])
+@role_required(users.can_edit)
+def release_new_version(release_id: int) -> ResponseReturnValue:
+    """A copy of the release (and of its variants) to edit and send separately; the changes posted
+    from a form opened before sending started, if any, go into the copy."""
+    releases = _releases()
+    release = releases.get_release(db_session(), release_id)
+    user = current_user()
+    assert user is not None
+    form = _release_form(release, from_request=True) if "title" in request.form else None
+    if form is not None and not form.validate_on_submit():
+        return render_template("releases/sent.html", form=form, **_sent_context(release)), 400
+    now = utcnow()
+    copy = releases.copy_release(db_session(), current_settings(), release_id, actor=user.email, now=now)
+    if form is not None:
+        remember_form("releases/sent.html", form, **_sent_context(release))
+        releases.update_release(db_session(), current_settings(), copy.id, **_release_fields(form),
+                                now=now)
+    db_session().commit()
+    flash(_("New version created: a draft of its own, to edit and send separately."), "info")
+    return redirect(url_for("web.release_edit", release_id=copy.id), code=303)
+
+
+def _refuse_if_started(release: Release) -> ResponseReturnValue | None:
+    if not _releases().has_started_blast(db_session(), release):
+        return None
+    flash(_(STARTED), "error")
+    return redirect(url_for("web.release_edit", release_id=release.id), code=303)
 
 
 def _show_errors(form: Any, error: ValidationError, default: str) -> None:
@@ -128,13 +212,10 @@ def _show_errors(form: Any, error: ValidationError, default: str) -> None:
         form[name].errors = [*form[name].errors, translate_reason(item.reason)]
 
 
-def _saved_form(release: Any) -> ReleaseForm:
+def _saved_form(release: Release) -> ReleaseForm:
     """The editor filled from the stored release (not from the request: a variant or an
     attachment POST re-renders the edit page)."""
-    form = ReleaseForm(formdata=None, obj=release)
-    if release.embargo_until:
-        form.embargo_until.data = release.embargo_until.astimezone(current_zone()).replace(tzinfo=None)
-    return form
+    return _release_form(release)
 
 
 def _edit_context(release: Any, **forms: Any) -> dict[str, Any]:
@@ -166,10 +247,18 @@ def _variants(release: Any) -> list[Any]:
 @bp.route("/releases/markdown-preview", methods=["POST"])
 @login_required
 def release_markdown_preview() -> ResponseReturnValue:
-    """The live preview beside the editor: the body as the email will show it (sanitized)."""
-    from service.releases.markdown import markdown_to_html
-
-    return markdown_to_html(request.form.get("body", "")), 200, {"Content-Type": "text/html; charset=utf-8"}
+    """The live preview beside the editor: kicker, title, highlights, dateline and body, "about"
+    and press contacts as the email shows them (sanitized). Takes the whole form, or a body."""
+    form = ReleaseForm(meta={"csrf": False})
+    if "title" not in request.form:
+        return markdown_to_html(form.body.data or ""), 200, {"Content-Type": "text/html; charset=utf-8"}
+    draft = Release(language=form.language.data or "fr", body_format="markdown",
+                    body=form.body.data or "", dateline=(form.dateline.data or "").strip() or None,
+                    about=(form.about.data or "").strip() or None)
+    body_html, about_html = release_html(draft)
+    return render_template("releases/_live_preview.html", form=form, body_html=body_html,
+                           about_html=about_html, highlights=form.highlight_lines(),
+                           contacts=form.contact_rows())
 
 
 @bp.route("/releases/<int:release_id>/attachments", methods=["POST"])
@@ -177,6 +266,9 @@ def release_markdown_preview() -> ResponseReturnValue:
 def release_attachment(release_id: int) -> ResponseReturnValue:
     releases = _releases()
     release = releases.get_release(db_session(), release_id)
+    refused = _refuse_if_started(release)
+    if refused is not None:
+        return refused
     form = AttachmentForm(prefix="att")
     if not form.validate_on_submit():
         form.file.errors = [_("Choose a file to attach.")]
@@ -202,6 +294,9 @@ def release_variant(release_id: int) -> ResponseReturnValue:
     """A language variant from a Markdown file or pasted text, in the release's group."""
     releases = _releases()
     release = releases.get_release(db_session(), release_id)
+    refused = _refuse_if_started(release)
+    if refused is not None:
+        return refused
     form = VariantForm(prefix="var")
     page = ("releases/edit.html", _saved_form(release))
     if not form.validate_on_submit():
