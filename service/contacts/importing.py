@@ -85,6 +85,9 @@ def import_contacts(session: Session, data: bytes, *, list_name: str | None = No
         list_id = get_or_create_list(session, list_name).id if list_name else None
         chunk: list[tuple[int, dict[str, Any]]] = []
         for row_number, cells in source_file.rows:
+            if isinstance(cells, FieldError):
+                report.rejected.append(cells)
+                continue
             contact = _validate_row(row_number, cells, report)
             if contact is None:
                 continue

@@ -48,6 +48,10 @@ _MEDIA_BY_NAME = {name: media for media, names in _MEDIA_TYPES.items() for name 
 # Keep everything printable; drop C0/C1 controls, DEL and the Unicode line/paragraph separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _SPACES = re.compile(r"\s+")
+# Invisible characters a copy from a web page or a word processor leaves at a cell's ends: zero
+# width (non-)joiner and space, word joiner, BOM, Mongolian vowel separator; NBSP is a space.
+_EDGES = re.compile("^[\\s\u180e\u200b\u200c\u200d\u2060\ufeff]+"
+                    "|[\\s\u180e\u200b\u200c\u200d\u2060\ufeff]+\\Z")
 _TAG_SPLIT = re.compile(r"[,;|]")
 # A dot-atom local part of plain ASCII (RFC 5322 atext, minus the rare symbols): always valid.
 _PLAIN_LOCAL = re.compile(r"[A-Za-z0-9_+\-]+(\.[A-Za-z0-9_+\-]+)*\Z")
@@ -72,8 +76,14 @@ def clean_text(value: Any) -> str | None:
     if (isinstance(value, str) and value.isprintable() and "  " not in value
             and unicodedata.is_normalized("NFC", value)):
         return value.strip() or None
-    text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value)))).strip()
+    text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value))))
+    text = trim_edges(text)
     return text or None
+
+
+def trim_edges(text: str) -> str:
+    """Strip spaces and invisible characters from both ends (inside, they stay)."""
+    return _EDGES.sub("", text)
 
 
 def normalize_email(raw: str) -> tuple[str, str]:
@@ -81,7 +91,7 @@ def normalize_email(raw: str) -> tuple[str, str]:
 
     Trimmed, domain lower-cased, IDN domains kept in their Unicode form (sent as punycode); a
     non-ASCII part before the @ is refused: it needs SMTPUTF8, which most servers lack."""
-    candidate = (clean_text(raw or "") or "").strip("<>").strip()
+    candidate = trim_edges((clean_text(raw or "") or "").strip("<>"))
     if not candidate:
         raise ValidationError(FieldError("email", "is required"))
     local, _, domain = candidate.rpartition("@")
