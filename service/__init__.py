@@ -15,7 +15,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from flask import Flask
 
     from service import api, web, webhook
-    from service.http import context
+    from service.http import context, inputs
     from service.ops import health, request_log
     from service.web import public
 
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     request_log.init_app(app, settings)
     context.init_app(app, settings)
+    inputs.init_app(app)  # the `id` URL converter, before any blueprint's routes
     public.init_app(app)
     web.init_app(app)
     api.init_app(app)

@@ -17,6 +17,9 @@ from sqlalchemy.types import TypeDecorator
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The largest id a row can have (PostgreSQL `integer`): a larger one names nothing, and SQLite
+# refuses numbers past 2**63 with an OverflowError, so callers check ids against it first.
+MAX_ID = 2**31 - 1
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -373,6 +373,8 @@ class WebhookDelivery(Base):
     event_type: Mapped[str] = mapped_column(String(100))
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # SHA-256 of the body: the same webhook-id with another body is a conflict, not a replay.
+    body_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[datetime] = _created()
 
 

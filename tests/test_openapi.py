@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -25,7 +26,7 @@ def test_document_lists_every_api_route(client, app):
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/v1/") and rule.endpoint != "api.openapi_document":
-            path = rule.rule.replace("<int:", "<").replace("<", "{").replace(">", "}")
+            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             routes |= {(m, path) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == documented
     problem = document["paths"]["/api/v1/contacts"]["get"]["responses"]["401"]

@@ -132,7 +132,7 @@ def create_blast(body: dict[str, Any]) -> Response:
     return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})
 
 
-@registry.route("/blasts/<int:blast_id>", "GET", summary="A blast with its progress counts",
+@registry.route("/blasts/<id:blast_id>", "GET", summary="A blast with its progress counts",
                 tag="blasts", response=BLAST, errors=(404,))
 def get_blast(blast_id: int) -> Response:
     session = db_session()
@@ -142,14 +142,14 @@ def get_blast(blast_id: int) -> Response:
                                                             "status": str(progress["status"])}})
 
 
-@registry.route("/blasts/<int:blast_id>/progress", "GET", summary="Counts per status, rate, ETA",
+@registry.route("/blasts/<id:blast_id>/progress", "GET", summary="Counts per status, rate, ETA",
                 tag="blasts", response=PROGRESS, errors=(404,))
 def get_blast_progress(blast_id: int) -> Response:
     progress = blasts.blast_progress(db_session(), blast_id, now=utcnow())
     return json_response({**progress, "status": str(progress["status"])})
 
 
-@registry.route("/blasts/<int:blast_id>/deliveries", "GET", summary="The blast's ledger rows",
+@registry.route("/blasts/<id:blast_id>/deliveries", "GET", summary="The blast's ledger rows",
                 tag="blasts", query=DELIVERY_QUERY, response=page_schema(DELIVERY),
                 errors=(400, 404))
 def list_deliveries(blast_id: int, query: dict[str, Any]) -> Response:
@@ -163,7 +163,7 @@ def list_deliveries(blast_id: int, query: dict[str, Any]) -> Response:
                           "offset": offset, "limit": limit})
 
 
-@registry.route("/blasts/<int:blast_id>/schedule", "POST", summary="Schedule a draft",
+@registry.route("/blasts/<id:blast_id>/schedule", "POST", summary="Schedule a draft",
                 tag="blasts", body=SCHEDULE, response=BLAST, errors=(400, 404, 409, 422), scope="send")
 def schedule_blast(blast_id: int, body: dict[str, Any]) -> Response:
     send_at = _when(body, "send_at")
@@ -199,7 +199,7 @@ def _state_route(verb: str, summary: str) -> None:
         return _change(domain, blast_id, **extra)
 
     view.__name__ = f"{verb}_blast"
-    registry.route(f"/blasts/<int:blast_id>/{verb}", "POST", summary=summary, tag="blasts",
+    registry.route(f"/blasts/<id:blast_id>/{verb}", "POST", summary=summary, tag="blasts",
                    response=BLAST, errors=(404, 409),
                    scope="approve" if verb == "approve" else "send")(view)
 
@@ -210,7 +210,7 @@ _state_route("cancel", "Cancel a blast (rows not sent stay unsent)")
 _state_route("approve", "Approve a blast waiting for a sender")
 
 
-@registry.route("/blasts/<int:blast_id>/resend-to-unsent", "POST",
+@registry.route("/blasts/<id:blast_id>/resend-to-unsent", "POST",
                 summary="A new blast to the contacts who did not get this one", tag="blasts",
                 response=BLAST, status=201, errors=(404, 409), scope="send")
 def resend_to_unsent(blast_id: int) -> Response:

@@ -13,7 +13,12 @@ from service.accounts.api_keys import has_scope, verify_api_key
 from service.api.openapi import Registry
 from service.db import utcnow
 from service.http.context import db_session
-from service.http.problems import RequestRejected, answer_errors_as_problems, problem
+from service.http.problems import (
+    RequestRejected,
+    answer_errors_as_problems,
+    answer_unrouted_as_problems,
+    problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,7 @@ def _missing_scope(scope: str) -> Response:
 
 
 answer_errors_as_problems(bp)
+answer_unrouted_as_problems(bp, PREFIX)
 
 
 def actor() -> str:

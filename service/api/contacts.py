@@ -94,13 +94,13 @@ def create_contact(body: dict[str, Any]) -> Response:
                          {"Location": f"/api/v1/contacts/{contact.id}"})
 
 
-@registry.route("/contacts/<int:contact_id>", "GET", summary="Get a contact", tag="contacts",
+@registry.route("/contacts/<id:contact_id>", "GET", summary="Get a contact", tag="contacts",
                 response=CONTACT, errors=(404,))
 def get_contact(contact_id: int) -> Response:
     return json_response(contact_json(contacts.get_contact(db_session(), contact_id)))
 
 
-@registry.route("/contacts/<int:contact_id>", "PATCH", summary="Update a contact's fields",
+@registry.route("/contacts/<id:contact_id>", "PATCH", summary="Update a contact's fields",
                 tag="contacts", body=CONTACT_INPUT, response=CONTACT, errors=(400, 404, 409))
 def update_contact(contact_id: int, body: dict[str, Any]) -> Response:
     session = db_session()
@@ -109,7 +109,7 @@ def update_contact(contact_id: int, body: dict[str, Any]) -> Response:
     return json_response(contact_json(contact))
 
 
-@registry.route("/contacts/<int:contact_id>", "DELETE", summary="Delete a contact", tag="contacts",
+@registry.route("/contacts/<id:contact_id>", "DELETE", summary="Delete a contact", tag="contacts",
                 responses={204: ("application/json", None)}, errors=(404,))
 def delete_contact(contact_id: int) -> Response:
     session = db_session()

@@ -13,13 +13,14 @@ from typing import Any
 from flask import Blueprint, request
 from jsonschema import Draft202012Validator
 
-from service.errors import FieldError, NotFound, ValidationError
+from service.db import MAX_ID
+from service.errors import FieldError, ValidationError
+from service.http.inputs import parse_json
 from service.http.problems import RequestRejected
 from service.http.schemas import validation_errors
 
 Schema = dict[str, Any]
 JSON = "application/json"
-MAX_ID = 2**31 - 1  # the largest id a path may name; past it, the database would overflow
 PROBLEM = "application/problem+json"
 
 PROBLEM_SCHEMA: Schema = {
@@ -92,9 +93,6 @@ class Registry:
         def decorator(view: Callable[..., Any]) -> Any:
             @functools.wraps(view)
             def wrapper(**kwargs: Any) -> Any:
-                for name in params:
-                    if isinstance(kwargs.get(name), int) and kwargs[name] > MAX_ID:
-                        raise NotFound(f"{name} {kwargs[name]} does not exist")
                 if query is not None and query_validator is not None:
                     kwargs["query"] = _validated(query_validator, _coerce(query, request.args))
                 if body is not None:
@@ -162,7 +160,7 @@ def _openapi_path(rule: str) -> tuple[str, dict[str, Schema]]:
 
     def replace(match: re.Match[str]) -> str:
         converter, name = match.group(1), match.group(2)
-        params[name] = ({"type": "integer", "minimum": 1, "maximum": MAX_ID} if converter == "int"
+        params[name] = ({"type": "integer", "minimum": 1, "maximum": MAX_ID} if converter == "id"
                         else {"type": "string", "minLength": 1})
         return "{" + name + "}"
 
@@ -201,11 +199,8 @@ def _parse_body(body_type: str, validator: Draft202012Validator | None) -> Any:
         raise RequestRejected(f"the body must be {body_type}", status=415)
     if body_type != JSON:
         return request.get_data()
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ValidationError("is not valid JSON", field="body")
     assert validator is not None
-    return _validated(validator, data)
+    return _validated(validator, parse_json(request.get_data()))
 
 
 def _validated(validator: Draft202012Validator, data: Any) -> Any:

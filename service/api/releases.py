@@ -124,13 +124,13 @@ def create_release(body: dict[str, Any]) -> Response:
                          {"Location": f"/api/v1/releases/{release.id}"})
 
 
-@registry.route("/releases/<int:release_id>", "GET", summary="Get a release", tag="releases",
+@registry.route("/releases/<id:release_id>", "GET", summary="Get a release", tag="releases",
                 response=RELEASE, errors=(404,))
 def get_release(release_id: int) -> Response:
     return json_response(release_json(releases.get_release(db_session(), release_id)))
 
 
-@registry.route("/releases/<int:release_id>", "PATCH", summary="Update a release not yet sent",
+@registry.route("/releases/<id:release_id>", "PATCH", summary="Update a release not yet sent",
                 tag="releases", body=RELEASE_UPDATE, response=RELEASE, errors=(400, 404, 409))
 def update_release(release_id: int, body: dict[str, Any]) -> Response:
     session = db_session()
@@ -140,7 +140,7 @@ def update_release(release_id: int, body: dict[str, Any]) -> Response:
     return json_response(release_json(release))
 
 
-@registry.route("/releases/<int:release_id>/preview", "GET",
+@registry.route("/releases/<id:release_id>/preview", "GET",
                 summary="What a contact would receive: html, text or the whole .eml",
                 tag="releases", query=PREVIEW_QUERY, errors=(400, 404),
                 responses={200: (",".join(PREVIEW_TYPES.values()), {"type": "string"})})

@@ -45,8 +45,10 @@ _MEDIA_TYPES = {
 }
 _MEDIA_BY_NAME = {name: media for media, names in _MEDIA_TYPES.items() for name in names}
 
-# Keep everything printable; drop C0/C1 controls, DEL and the Unicode line/paragraph separators.
+# Keep everything printable; drop C0/C1 controls, DEL and the Unicode line/paragraph separators;
+# remove the bidi embeddings, overrides and isolates (they reorder a name in a To header).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]+")
 _SPACES = re.compile(r"\s+")
 # Invisible characters a copy from a web page or a word processor leaves at a cell's ends: zero
 # width (non-)joiner and space, word joiner, BOM, Mongolian vowel separator; NBSP is a space.
@@ -76,8 +78,8 @@ def clean_text(value: Any) -> str | None:
     if (isinstance(value, str) and value.isprintable() and "  " not in value
             and unicodedata.is_normalized("NFC", value)):
         return value.strip() or None
-    text = _SPACES.sub(" ", _CONTROL.sub(" ", unicodedata.normalize("NFC", str(value))))
-    text = trim_edges(text)
+    text = _BIDI.sub("", unicodedata.normalize("NFC", str(value)))
+    text = trim_edges(_SPACES.sub(" ", _CONTROL.sub(" ", text)))
     return text or None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from flask import Blueprint, Response, json
+from flask import Blueprint, Response, json, request
 from werkzeug.exceptions import HTTPException
 
 from service.errors import CommuniqueError, Conflict, FieldError, NotFound, ValidationError, WebhookRejected
@@ -71,4 +71,23 @@ def answer_errors_as_problems(bp: Blueprint) -> None:
 
     @bp.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        return problem(exc.code or 500, exc.description)
+        return problem_from_http(exc)
+
+
+def problem_from_http(exc: HTTPException) -> Response:
+    """An HTTP error as a problem, keeping its headers (Allow on 405, Retry-After on 429/503)."""
+    headers = {name: value for name, value in exc.get_headers()
+               if name.lower() != "content-type"}
+    return problem(exc.code or 500, exc.description, headers=headers)
+
+
+def answer_unrouted_as_problems(bp: Blueprint, prefix: str) -> None:
+    """An unknown path (404) or a wrong method (405) fails before any blueprint is chosen, so the
+    blueprint's own handler never sees it: under `prefix` it is answered as a problem too; any
+    other path keeps the default answer."""
+
+    @bp.app_errorhandler(HTTPException)
+    def _unrouted(exc: HTTPException) -> Response | HTTPException:
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            return problem_from_http(exc)
+        return exc

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.contacts.fields import NON_ASCII_LOCAL
+from service.db import MAX_ID
 from service.delivery.blasts import withdraw_approvals
 from service.errors import Conflict, DuplicateRelease, FieldError, NotFound, RenderError, ValidationError
 from service.models import (
@@ -26,7 +27,13 @@ from service.models import (
     Release,
     ReleaseStatus,
 )
-from service.releases.markdown import ReleaseDraft, import_markdown, sanitize_html
+from service.releases.markdown import (
+    HtmlTooComplex,
+    ReleaseDraft,
+    import_markdown,
+    markdown_to_html,
+    sanitize_html,
+)
 from service.rendering.words import language_of
 
 log = logging.getLogger(__name__)
@@ -201,8 +208,10 @@ def copy_release(session: Session, settings: Settings, release_id: int, *, actor
 
 def get_release(session: Session, id_or_slug: int | str) -> Release:
     release = None
-    if isinstance(id_or_slug, int) or str(id_or_slug).isdigit():
-        release = session.get(Release, int(id_or_slug))
+    if isinstance(id_or_slug, int) or re.fullmatch(r"[0-9]{1,10}", id_or_slug):
+        # A slug of digits may be an id; past MAX_ID it names no row (and SQLite would overflow).
+        number = int(id_or_slug)
+        release = session.get(Release, number) if 1 <= number <= MAX_ID else None
     if release is None:
         release = session.scalar(select(Release).where(Release.slug == str(id_or_slug)))
     if release is None:
@@ -326,7 +335,17 @@ def _clean(fields: dict[str, Any]) -> dict[str, Any]:
     if values.get("body_format") not in ("markdown", "html"):
         errors.append(FieldError("body_format", "must be markdown or html"))
     elif values["body_format"] == "html":
-        values["body"] = sanitize_html(values.get("body") or "")
+        # Sanitized once, here, when saved: previews, preparation and the web version use it as is.
+        try:
+            values["body"] = sanitize_html(values.get("body") or "")
+        except HtmlTooComplex as exc:
+            errors.append(FieldError("body", str(exc)))
+    else:
+        for name in ("body", "about"):
+            try:  # what a view renders later must render now: a body too big is refused here
+                markdown_to_html(values.get(name) or "")
+            except HtmlTooComplex as exc:
+                errors.append(FieldError(name, str(exc)))
     values["body"] = values.get("body") or ""
     language = (values.get("language") or "").strip()
     if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", language):

@@ -28,7 +28,11 @@ POLICY = SMTP.clone(max_line_length=998)
 # The per-recipient values a template may print: ours, and the contact fields emails may print.
 PERSONAL_FIELDS = ("greeting", "unsubscribe_url", "full_name", *PRINTED_FIELDS)
 _MARKER = re.compile(r"@@cq\.(\w+)@@")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
+# C0 and C1 controls, DEL and the Unicode line/paragraph separators become a space; the bidi
+# embeddings, overrides and isolates (U+202A-202E, U+2066-2069) are dropped: in a Subject or a
+# display name they reorder what the reader sees ("Invoice\u202efdp.exe").
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]+")
 # Bytes that quoted-printable header encoding writes as one character (the rest take three),
 # read off the standard library's own table.
 _QP_HEADER_ONE_CHAR = bytes(b for b in range(256) if quoprimime.header_length(bytes([b])) == 1)
@@ -79,8 +83,8 @@ def fill_text(text: str, values: Mapping[str, str]) -> str:
 
 
 def clean_value(value: str | None) -> str:
-    """A personal value made safe for a header or a single body line: no control characters."""
-    return _CONTROL.sub(" ", value).strip() if value else ""
+    """A value made safe for a header or a single body line: no control or bidi characters."""
+    return _CONTROL.sub(" ", _BIDI.sub("", value)).strip() if value else ""
 
 
 def reject_newlines(field: str, value: str | None) -> None:
@@ -92,7 +96,7 @@ def header_line(name: str, value: str) -> bytes:
     """`Name: value` CRLF, folded at 78; non-ASCII values as RFC 2047 encoded words. Text that
     looks like an encoded word is defused first (see defuse_encoded_words)."""
     reject_newlines(name, value)
-    value = defuse_encoded_words(value)
+    value = defuse_encoded_words(clean_value(value))
     if value.isascii():
         lines = textwrap.wrap(f"{name}: {value}", width=78, break_long_words=False,
                               break_on_hyphens=False) or [f"{name}:"]

@@ -41,7 +41,7 @@ from service.config import Settings
 from service.contacts.fields import PRINTED_FIELDS
 from service.errors import NotFound, RenderError
 from service.models import Release
-from service.releases.markdown import TEXT_WIDTH, html_to_text, markdown_to_html, plain_text, sanitize_html
+from service.releases.markdown import TEXT_WIDTH, html_to_text, markdown_to_html, plain_text
 from service.rendering import mime
 from service.rendering.email_templates import TEMPLATES
 from service.rendering.recipient import Recipient
@@ -300,7 +300,7 @@ def release_html(release: Release) -> tuple[str, str]:
     """The body (dateline first) and the "about" boilerplate as sanitized HTML."""
     separator = " : " if language_of(release.language) == "fr" else " – "
     if release.body_format == "html":
-        body = sanitize_html(release.body or "")
+        body = release.body or ""  # sanitized when saved (releases.store), not on every view
         if release.dateline:
             lead = f"<strong>{html.escape(release.dateline)}</strong>{separator}"
             body = body.replace("<p>", f"<p>{lead}", 1) if body.lstrip().startswith("<p>") \
@@ -373,6 +373,7 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
     subject = context["subject"]
     if "\r" in subject or "\n" in subject:
         raise RenderError("the title contains a line break")
+    subject = mime.clean_value(subject)  # the header, the outbox and the preview say the same
     from_name, from_address = sender
     static_headers = {"From": mime.format_address(from_name, from_address)}
     middle = b""

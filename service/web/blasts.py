@@ -15,6 +15,7 @@ from service.accounts import users
 from service.contacts import store as contacts
 from service.db import utcnow
 from service.http.context import current_settings, db_session
+from service.http.inputs import MAX_PAGE, query_int
 from service.models import BlastStatus, MediaType, MessageStatus, User
 from service.web.auth import current_user, login_required
 from service.web.blueprint import bp, remember_form, render_form
@@ -92,7 +93,7 @@ def audience_count() -> Response:
     return jsonify(count=count, text=_("%(count)s recipients", count=count))
 
 
-@bp.route("/releases/<int:release_id>/schedule", methods=["GET", "POST"])
+@bp.route("/releases/<id:release_id>/schedule", methods=["GET", "POST"])
 @login_required
 def blast_new(release_id: int) -> ResponseReturnValue:
     from service.releases import store as releases
@@ -158,7 +159,7 @@ def blast_new(release_id: int) -> ResponseReturnValue:
 
 # ---- the blast page -------------------------------------------------------------
 
-@bp.route("/blasts/<int:blast_id>")
+@bp.route("/blasts/<id:blast_id>")
 @login_required
 def blast_show(blast_id: int) -> ResponseReturnValue:
     session = db_session()
@@ -170,7 +171,7 @@ def blast_show(blast_id: int) -> ResponseReturnValue:
         if blast.send_at - window <= now:  # within a "send now" countdown
             undo_left = max(1, int((blast.send_at - now).total_seconds() + 0.999))
     status = request.args.get("status") or None
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = query_int("page", 1, maximum=MAX_PAGE)
     rows = _blasts().list_deliveries(session, blast_id, status=status, offset=(page - 1) * PAGE_SIZE,
                                   limit=PAGE_SIZE + 1)
     return render_template("blasts/show.html", blast=blast, rows=rows[:PAGE_SIZE],
@@ -179,13 +180,13 @@ def blast_show(blast_id: int) -> ResponseReturnValue:
                            progress=_progress(blast_id))
 
 
-@bp.route("/blasts/<int:blast_id>/progress.json")
+@bp.route("/blasts/<id:blast_id>/progress.json")
 @login_required
 def blast_progress(blast_id: int) -> Response:
     return jsonify(_progress(blast_id))
 
 
-@bp.route("/blasts/<int:blast_id>/deliveries.csv")
+@bp.route("/blasts/<id:blast_id>/deliveries.csv")
 @login_required
 def blast_export(blast_id: int) -> Response:
     out = io.StringIO()
@@ -232,7 +233,7 @@ def _act(blast_id: int, action: str) -> ResponseReturnValue:
     return redirect(url_for("web.blast_show", blast_id=blast_id), code=303)
 
 
-@bp.route("/blasts/<int:blast_id>/undo", methods=["POST"])
+@bp.route("/blasts/<id:blast_id>/undo", methods=["POST"])
 @login_required
 def blast_undo(blast_id: int) -> ResponseReturnValue:
     """Undo a web "send now" during its countdown: back to draft, nothing sent."""
@@ -245,7 +246,7 @@ def blast_undo(blast_id: int) -> ResponseReturnValue:
     return redirect(url_for("web.blast_show", blast_id=blast_id), code=303)
 
 
-@bp.route("/blasts/<int:blast_id>/<any(pause, resume, cancel, approve, resend, schedule):action>",
+@bp.route("/blasts/<id:blast_id>/<any(pause, resume, cancel, approve, resend, schedule):action>",
           methods=["POST"])
 @login_required
 def blast_action(blast_id: int, action: str) -> ResponseReturnValue:

@@ -8,12 +8,14 @@ from typing import Any
 
 from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import BadRequest
 
 from service.accounts import users
 from service.contacts import importing
 from service.contacts import store as contacts
 from service.db import utcnow
 from service.http.context import db_session
+from service.http.inputs import MAX_PAGE, query_int
 from service.models import ContactStatus, MediaType
 from service.web.auth import current_user, login_required, role_required
 from service.web.blueprint import bp, remember_form, render_form
@@ -25,7 +27,11 @@ FILTERS = ("query", "list_name", "language", "country", "media_type", "tag", "st
 
 
 def _filters() -> dict[str, str | None]:
-    return {name: (request.args.get(name) or "").strip() or None for name in FILTERS}
+    filters = {name: (request.args.get(name) or "").strip() or None for name in FILTERS}
+    # A list name ends up in the export's Content-Disposition header: no line breaks, no controls.
+    if any(value and any(ord(c) < 0x20 or c == "\x7f" for c in value) for value in filters.values()):
+        raise BadRequest("a filter contains a line break or a control character")
+    return filters
 
 
 def _media_choices() -> list[Any]:
@@ -36,7 +42,7 @@ def _media_choices() -> list[Any]:
 @login_required
 def contacts_index() -> ResponseReturnValue:
     filters = _filters()
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = query_int("page", 1, maximum=MAX_PAGE)
     rows, total = contacts.search_contacts(db_session(), **filters, offset=(page - 1) * PAGE_SIZE,
                                            limit=PAGE_SIZE)
     return render_template("contacts/index.html", rows=rows, total=total, page=page,
@@ -63,7 +69,7 @@ def contact_new() -> ResponseReturnValue:
     return render_form("contacts/edit.html", form, contact=None)
 
 
-@bp.route("/contacts/<int:contact_id>", methods=["GET", "POST"])
+@bp.route("/contacts/<id:contact_id>", methods=["GET", "POST"])
 @login_required
 def contact_edit(contact_id: int) -> ResponseReturnValue:
     contact = contacts.get_contact(db_session(), contact_id)
@@ -85,7 +91,7 @@ def contact_edit(contact_id: int) -> ResponseReturnValue:
     return render_form("contacts/edit.html", form, contact=contact)
 
 
-@bp.route("/contacts/<int:contact_id>/delete", methods=["POST"])
+@bp.route("/contacts/<id:contact_id>/delete", methods=["POST"])
 @role_required(users.can_edit)
 def contact_delete(contact_id: int) -> ResponseReturnValue:
     contacts.delete_contact(db_session(), contact_id)

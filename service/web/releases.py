@@ -15,9 +15,10 @@ from service.accounts import users
 from service.db import utcnow
 from service.errors import DuplicateRelease, ValidationError
 from service.http.context import current_settings, db_session
+from service.http.inputs import optional_query_id
 from service.models import Contact, Release
 from service.releases.checks import check_message
-from service.releases.markdown import markdown_to_html
+from service.releases.markdown import HtmlTooComplex, markdown_to_html
 from service.releases.states import blasts_of, list_release_groups
 from service.rendering.prepare import release_html
 from service.web.auth import current_user, login_required, role_required
@@ -133,7 +134,7 @@ def release_import() -> ResponseReturnValue:
     return redirect(url_for("web.release_edit", release_id=release.id), code=303)
 
 
-@bp.route("/releases/<int:release_id>", methods=["GET", "POST"])
+@bp.route("/releases/<id:release_id>", methods=["GET", "POST"])
 @login_required
 def release_edit(release_id: int) -> ResponseReturnValue:
     releases = _releases()
@@ -174,7 +175,7 @@ def _sent_context(release: Release) -> dict[str, Any]:
             "started_message": _(STARTED)}
 
 
-@bp.route("/releases/<int:release_id>/new-version", methods=["POST"])
+@bp.route("/releases/<id:release_id>/new-version", methods=["POST"])
 @role_required(users.can_edit)
 def release_new_version(release_id: int) -> ResponseReturnValue:
     """A copy of the release (and of its variants) to edit and send separately; the changes posted
@@ -250,18 +251,21 @@ def release_markdown_preview() -> ResponseReturnValue:
     """The live preview beside the editor: kicker, title, highlights, dateline and body, "about"
     and press contacts as the email shows them (sanitized). Takes the whole form, or a body."""
     form = ReleaseForm(meta={"csrf": False})
-    if "title" not in request.form:
-        return markdown_to_html(form.body.data or ""), 200, {"Content-Type": "text/html; charset=utf-8"}
-    draft = Release(language=form.language.data or "fr", body_format="markdown",
-                    body=form.body.data or "", dateline=(form.dateline.data or "").strip() or None,
-                    about=(form.about.data or "").strip() or None)
-    body_html, about_html = release_html(draft)
+    try:
+        if "title" not in request.form:
+            return markdown_to_html(form.body.data or ""), 200, {"Content-Type": "text/html; charset=utf-8"}
+        draft = Release(language=form.language.data or "fr", body_format="markdown",
+                        body=form.body.data or "", dateline=(form.dateline.data or "").strip() or None,
+                        about=(form.about.data or "").strip() or None)
+        body_html, about_html = release_html(draft)
+    except HtmlTooComplex as exc:
+        return f"body: {exc}", 400, {"Content-Type": "text/plain; charset=utf-8"}
     return render_template("releases/_live_preview.html", form=form, body_html=body_html,
                            about_html=about_html, highlights=form.highlight_lines(),
                            contacts=form.contact_rows())
 
 
-@bp.route("/releases/<int:release_id>/attachments", methods=["POST"])
+@bp.route("/releases/<id:release_id>/attachments", methods=["POST"])
 @role_required(users.can_edit)
 def release_attachment(release_id: int) -> ResponseReturnValue:
     releases = _releases()
@@ -288,7 +292,7 @@ def release_attachment(release_id: int) -> ResponseReturnValue:
     return redirect(url_for("web.release_edit", release_id=release_id), code=303)
 
 
-@bp.route("/releases/<int:release_id>/variants", methods=["POST"])
+@bp.route("/releases/<id:release_id>/variants", methods=["POST"])
 @role_required(users.can_edit)
 def release_variant(release_id: int) -> ResponseReturnValue:
     """A language variant from a Markdown file or pasted text, in the release's group."""
@@ -326,11 +330,11 @@ def release_variant(release_id: int) -> ResponseReturnValue:
 
 def _preview_target() -> tuple[str | None, int | None]:
     email = (request.values.get("email") or "").strip() or None
-    contact_id = request.values.get("contact_id", type=int)
+    contact_id = optional_query_id("contact_id")
     return email, contact_id
 
 
-@bp.route("/releases/<int:release_id>/preview")
+@bp.route("/releases/<id:release_id>/preview")
 @login_required
 def release_preview(release_id: int) -> ResponseReturnValue:
     releases = _releases()
@@ -371,7 +375,7 @@ def _as_rendered(result: Any) -> Any:
                            raw)
 
 
-@bp.route("/releases/<int:release_id>/test", methods=["POST"])
+@bp.route("/releases/<id:release_id>/test", methods=["POST"])
 @login_required
 def release_send_test(release_id: int) -> ResponseReturnValue:
     from service.delivery import blasts
@@ -387,7 +391,7 @@ def release_send_test(release_id: int) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     results = blasts.send_test(db_session(), current_settings(), release_id, addresses,
-                               as_contact_id=int(form.contact_id.data) if form.contact_id.data else None,
+                               as_contact_id=optional_query_id("contact_id"),
                                now=utcnow(), actor=user.email, actor_role=user.role)
     db_session().commit()
     sent = [r["address"] for r in results if r["outcome"] != "suppressed"]
