@@ -175,3 +175,30 @@ def test_show_json_counts_cancelled(db: Session, runner) -> None:  # type: ignor
     assert shown["status"] == "cancelled"
     assert shown["counts"]["cancelled"] == 3 and shown["counts"]["queued"] == 0
     assert shown["counts"]["sending"] == 0
+
+
+def test_results_of_messages_in_flight_at_cancel_are_recorded_but_never_retried(
+        db: Session, settings: Settings) -> None:
+    """Rows a worker holds when the blast is cancelled are `cancelled` at once; its results then
+    win (a sent message is `sent`), except a temporary refusal: nothing retries a cancelled row."""
+    from service.delivery.queue import Attempt, claim_due_messages, record_attempts, release_claims
+    from service.models import DeliveryOutcome
+
+    blast = start(db, settings, 3)
+    claimed = claim_due_messages(db, worker_id="w", now=now(), limit=3, blast_ids=[blast.id])
+    db.commit()
+    blasts.cancel_blast(db, blast.id, actor="amal", now=now())
+    db.commit()
+    assert ledger(db, blast.id)["cancelled"] == 3
+    sent, deferred, unstarted = claimed
+    record_attempts(db, settings, [
+        Attempt(job.id, blast.id, job.contact_id, 1, outcome, code, "reply", None, 0.1, now())
+        for job, outcome, code in ((sent, DeliveryOutcome.sent, 250),
+                                   (deferred, DeliveryOutcome.deferred, 451))])
+    release_claims(db, [unstarted.id])
+    db.commit()
+    counts = ledger(db, blast.id)
+    assert counts["sent"] == 1 and counts["cancelled"] == 2
+    assert counts["queued"] == counts["sending"] == counts["deferred"] == 0
+    db.expire_all()
+    assert db.get(QueuedMessage, deferred.id).next_attempt_at is None  # type: ignore[union-attr]

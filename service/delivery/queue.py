@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, and_, any_, bindparam, case, exists, func, insert, select, update
+from sqlalchemy import String, Table, and_, any_, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.config import Settings
@@ -188,14 +188,15 @@ def release_stale_claims(session: Session, settings: Settings, *, now: datetime)
 # never goes back (a late duplicate result must not undo it). A row cancelled while its message
 # was in flight takes the result (sent, failed, bounced: what happened), except a temporary
 # refusal: it stays `cancelled`, nothing retries it.
+_NEW_STATUS = bindparam("b_status", type_=String())  # typed: PostgreSQL compares it in the CASE
 _RECORD_ROW = (
     update(_QUEUE).where(_QUEUE.c.id == bindparam("b_id"), _QUEUE.c.status != MessageStatus.sent)
     .values(status=case((and_(_QUEUE.c.status == MessageStatus.cancelled,
-                              bindparam("b_status") == MessageStatus.deferred), _QUEUE.c.status),
-                        else_=bindparam("b_status")),
+                              _NEW_STATUS == MessageStatus.deferred), _QUEUE.c.status),
+                        else_=_NEW_STATUS),
             attempts=bindparam("b_attempts"),
             next_attempt_at=case((_QUEUE.c.status == MessageStatus.cancelled, None),
-                                 else_=bindparam("b_next")),
+                                 else_=bindparam("b_next", type_=_QUEUE.c.next_attempt_at.type)),
             last_smtp_code=bindparam("b_code"),
             last_smtp_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
             sent_at=bindparam("b_sent"), claimed_at=None, claimed_by=None))
