@@ -64,6 +64,7 @@ class MessageStatus(StrEnum):
     deferred = "deferred"
     failed = "failed"
     bounced = "bounced"
+    cancelled = "cancelled"  # its blast was cancelled before it was sent
 
 
 class DeliveryOutcome(StrEnum):

@@ -1,5 +1,7 @@
 """A real SMTP server for tests: aiosmtpd on 127.0.0.1, a recording handler, faults injected
-server-side (replies chosen per recipient, a dropped connection during DATA, a slow server)."""
+server-side (replies chosen per recipient, a dropped connection during DATA, a slow server).
+It counts transactions as they start (MAIL) and as their content arrives, so a test can tell what
+began after a given moment."""
 
 from __future__ import annotations
 
@@ -41,7 +43,9 @@ class RecordingHandler:
     def __init__(self) -> None:
         self.messages: list[Received] = []
         self.faults: dict[str, Fault] = {}
-        self.delay_seconds = 0.0
+        self.delay_seconds = 0.0  # a slow relay: wait this long before answering the content
+        self.mail_count = 0  # transactions started (MAIL commands)
+        self.content_count = 0  # transactions past DATA (content received, reply maybe not yet sent)
         self.connections = 0
         self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.pipelined_count = 0  # RCPTs that arrived with the DATA command already written behind
@@ -72,6 +76,14 @@ class RecordingHandler:
             responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        with self.lock:
+            self.mail_count += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         waiting = getattr(getattr(server, "_reader", None), "_buffer", b"")
@@ -89,6 +101,8 @@ class RecordingHandler:
         if bytes(waiting[:10]).upper().startswith(b"MAIL FROM:"):
             with self.lock:
                 self.chained_count += 1
+        with self.lock:
+            self.content_count += 1
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         for address in envelope.rcpt_tos:

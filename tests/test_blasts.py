@@ -234,7 +234,7 @@ def test_progress_and_csv_export_read_the_ledger(db: Session, settings: Settings
     db.commit()
     progress = blasts.blast_progress(db, blast.id, now=NOW)
     assert progress["counts"] == {"queued": 1, "sending": 0, "sent": 2, "deferred": 0, "failed": 1,
-                                  "bounced": 0}
+                                  "bounced": 0, "cancelled": 0}
     assert progress["status"] == "running" and progress["rate"] == 0.2 and progress["eta"]
     out = io.StringIO()
     assert blasts.export_deliveries_csv(db, blast.id, out, status="failed") == 1
@@ -325,7 +325,8 @@ def test_cli_creates_shows_pauses_and_exports_a_blast(db: Session, runner) -> No
     assert "cancelled" in runner.invoke(main, ["blasts", "cancel", str(data["id"])]).output
     refused = runner.invoke(main, ["blasts", "pause", str(data["id"])])
     assert refused.exit_code == 1 and "cancelled" in refused.output
-    exported = runner.invoke(main, ["blasts", "deliveries", str(data["id"]), "--status", "queued", "--csv"])
+    exported = runner.invoke(main, ["blasts", "deliveries", str(data["id"]), "--status", "cancelled",
+                                    "--csv"])
     assert exported.output.splitlines()[0].startswith("email,") and len(exported.output.splitlines()) == 4
     later = json.loads(runner.invoke(main, ["blasts", "create", "--release", str(release.id), "--list",
                                             "presse", "--at", "2999-01-01T09:00", "--json"]).output)

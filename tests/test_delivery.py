@@ -186,13 +186,14 @@ def test_pause_and_resume_send_nothing_twice(db, smtp_settings, smtpd) -> None: 
 
 
 def test_cancelled_blast_is_not_sent(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
-    """A cancelled blast's rows are never claimed; the worker has nothing to do."""
+    """A cancelled blast's rows are `cancelled`, never claimed; the worker has nothing to do."""
     blast = start(db, smtp_settings, 5)
     blasts.cancel_blast(db, blast.id, actor="amal", now=now())
     db.commit()
     worker = run_worker(smtp_settings, until_idle=True, include_due=False)
     assert worker.attempt_count == 0 and smtpd.messages == []
-    assert ledger(db, blast.id)["queued"] == 5
+    counts = ledger(db, blast.id)
+    assert counts["cancelled"] == 5 and counts["queued"] == 0
 
 
 def test_test_send_goes_outside_the_ledger_with_a_marked_subject(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]

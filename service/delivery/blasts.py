@@ -429,7 +429,9 @@ def _transition(session: Session, blast_id: int, allowed: Sequence[BlastStatus],
 
 def pause_blast(session: Session, blast_id: int, *, actor: str | None, now: datetime,
                 reason: str | None = None) -> Blast:
-    """Stop claiming the blast's rows; messages already handed to the relay still get recorded."""
+    """Stop sending: every worker sees it within half a second (Claimer.watch_stops), starts no
+    new transaction of the blast and puts the rows it claimed but did not start back to
+    `queued`; messages already past DATA finish and are recorded."""
     blast = _transition(session, blast_id, [BlastStatus.running], BlastStatus.paused, "paused",
                         paused_reason=reason or f"paused by {actor or 'someone'}", updated_at=now)
     _event(session, blast, "paused", actor, now, reason)
@@ -447,11 +449,16 @@ def resume_blast(session: Session, blast_id: int, *, actor: str | None, now: dat
 
 
 def cancel_blast(session: Session, blast_id: int, *, actor: str | None, now: datetime) -> Blast:
-    """Nothing more is sent; rows not yet sent stay `queued` in the ledger (see resend_to_unsent)."""
+    """Nothing more is sent: in the same transaction every row not sent becomes `cancelled`,
+    those a worker has claimed (`sending`) included; a worker stops within half a second, as for
+    a pause. A message already past DATA is recorded as what it became (`sent`, `failed`,
+    `bounced`); a temporary refusal leaves it `cancelled` (see queue.record_attempts).
+    resend_to_unsent can reach the cancelled rows later."""
     blast = _transition(session, blast_id, [BlastStatus.draft, BlastStatus.scheduled, BlastStatus.running,
                                             BlastStatus.paused], BlastStatus.cancelled, "cancelled",
                         finished_at=now, updated_at=now)
-    _event(session, blast, "cancelled", actor, now)
+    count = cancel_unsent(session, blast_id, now=now)
+    _event(session, blast, "cancelled", actor, now, f"{count} messages not sent" if count else None)
     return blast
 
 
@@ -525,6 +532,20 @@ def resend_to_unsent(session: Session, settings: Settings, blast_id: int, *, act
     return create_blast(session, settings, release_id=original.release_id,
                         list_names=[c.name for c in original.lists], filters=original.filters,
                         send_at=send_at, actor=actor, now=now, resend_of_id=original.id)
+
+
+def cancel_unsent(session: Session, blast_id: int, *, now: datetime) -> int:
+    """Mark the blast's rows not sent `cancelled`. Claimed rows too: no one claims a cancelled
+    row again, a worker's put-back only moves `sending` rows, and its recording of a message
+    already handed over overwrites `cancelled` with what happened (a guarded UPDATE each, so no
+    order of the concurrent transactions leaves a row `queued` or `sending`)."""
+    result = session.execute(
+        update(QueuedMessage).where(QueuedMessage.blast_id == blast_id,
+                                    QueuedMessage.status.in_(PENDING))
+        .values(status=MessageStatus.cancelled, next_attempt_at=None, claimed_at=None,
+                claimed_by=None, updated_at=now)
+        .execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 # ---- progress -------------------------------------------------------------------------------

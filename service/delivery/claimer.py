@@ -30,6 +30,10 @@ from service.rendering.prepare import PreparedRelease, prepare_release
 
 log = logging.getLogger(__name__)
 
+# While jobs are here, a pause or cancel committed anywhere is seen within this long (plus one
+# small SELECT of the running blasts' ids): the claimer looks at least this often.
+STOP_CHECK_SECONDS = 0.5
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -45,14 +49,17 @@ class Prepared:
 
 class Claimer:
     """Fills `queue` for the senders. `running` (shared with the senders and the recorder) holds
-    the blasts this worker may send now: running in the database at the last claim, minus those
-    the brake holds; `prepared` their releases. The loop ends when `stopping` is set, or, with
-    `until_idle`, when nothing is left to send and `is_drained()` says every job taken from the
-    queue is recorded."""
+    the blasts this worker may send now: running in the database at the last look (each claim,
+    and every STOP_CHECK_SECONDS while jobs are here), minus those the brake holds; `prepared`
+    their releases. When a blast leaves `running`, its jobs leave the queue (`put_back` hands
+    their row ids to the recorder) and `stops` wakes senders waiting for a rate slot. The loop
+    ends when `stopping` is set, or, with `until_idle`, when nothing is left to send and
+    `is_drained()` says every job taken from the queue is recorded."""
 
     def __init__(self, settings: Settings, worker_id: str, db: DbThread, brake: ErrorBrake,
                  running: set[int], stopping: asyncio.Event, *, until_idle: bool = False,
-                 include_due: bool = True, is_drained: Callable[[], bool] = lambda: True) -> None:
+                 include_due: bool = True, is_drained: Callable[[], bool] = lambda: True,
+                 put_back: Callable[[list[int]], None] | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.until_idle = until_idle
@@ -61,10 +68,12 @@ class Claimer:
         self.need_more = asyncio.Event()  # set by senders when the queue runs low
         self.running = running
         self.prepared: dict[int, Prepared] = {}  # by blast id
+        self.stops = asyncio.Event()  # set and cleared at once: a pulse when a blast stops here
         self._db = db
         self._brake = brake
         self._stopping = stopping
         self._is_drained = is_drained
+        self._put_back = put_back
         self._last_renewal = time.monotonic()
 
     async def run(self) -> None:
@@ -111,14 +120,54 @@ class Claimer:
         # On the loop, together: a sender checks `running` and renders without an await between,
         # so it never meets a blast whose prepared release was just forgotten.
         self._brake.release_judged(claim_started)
+        self._set_running(running)
+        for job in claimed:
+            self.queue.put_nowait(job)
+        return limit, len(claimed)
+
+    def _set_running(self, running: list[int]) -> None:
+        stopped = self.running.difference(running)
         self.running.clear()
         self.running.update(running)
         self.running.difference_update(self._brake.held_blast_ids)
         for blast_id in self.prepared.keys() - self.running:
             del self.prepared[blast_id]
-        for job in claimed:
+        if stopped:
+            self._drop_stopped_jobs(stopped)
+            self.signal_stops()
+
+    def _drop_stopped_jobs(self, stopped: set[int]) -> None:
+        """Jobs in the queue whose blast no longer runs here go back (pause: `queued` again;
+        cancel: their rows are `cancelled` already); the others keep their order."""
+        if self._put_back is None or self.queue.empty():
+            return
+        kept, dropped = [], []
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if job is None or job.blast_id in self.running:
+                kept.append(job)
+            else:
+                dropped.append(job.id)
+        for job in kept:
             self.queue.put_nowait(job)
-        return limit, len(claimed)
+        if dropped:
+            self._put_back(dropped)
+            log.info("worker %s: blasts %s no longer running: %d claimed messages not sent",
+                     self.worker_id, ", ".join(map(str, sorted(stopped))), len(dropped))
+
+    def signal_stops(self) -> None:
+        """Wake the senders waiting for a rate slot or a relay backoff: their blast may have stopped."""
+        self.stops.set()
+        self.stops.clear()
+
+    async def watch_stops(self) -> None:
+        """Between claims: read which blasts run (one small SELECT) and act on those that stopped."""
+        try:
+            running = await self._db.run(running_blast_ids)
+        except SQLAlchemyError:
+            log.exception("worker %s: reading the running blasts failed", self.worker_id)
+            return
+        self._set_running(running)
 
     def _claim(self, session: Session, limit: int) -> tuple[list[int], list[Claimed]]:
         running = running_blast_ids(session)
@@ -172,12 +221,21 @@ class Claimer:
         return self.queue.empty() and self._is_drained()
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep, but wake up early when asked to stop or when senders want more rows."""
+        """Sleep, but wake up early when asked to stop or when senders want more rows; while jobs
+        are here, look for stopped blasts every STOP_CHECK_SECONDS meanwhile."""
         self.need_more.clear()
-        try:
-            await asyncio.wait_for(self.need_more.wait(), seconds)
-        except TimeoutError:
-            pass
+        deadline = time.monotonic() + seconds
+        for _ in range(int(seconds / STOP_CHECK_SECONDS) + 1):  # bounded: one look per step
+            step = min(deadline - time.monotonic(), STOP_CHECK_SECONDS)
+            if step <= 0:
+                return
+            try:
+                await asyncio.wait_for(self.need_more.wait(), step)
+                return
+            except TimeoutError:
+                pass
+            if deadline - time.monotonic() > 0 and not self._is_locally_idle():
+                await self.watch_stops()
 
     def wake(self) -> None:
         self.need_more.set()

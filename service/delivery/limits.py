@@ -21,14 +21,19 @@ class RateLimiter:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.next_slot = time.monotonic()
 
-    async def wait(self) -> None:
+    def reserve(self) -> float:
+        """Take the next slot: the seconds until it comes (0 when it is now)."""
         if not self.interval:
-            return
+            return 0.0
         now = time.monotonic()
         slot = max(self.next_slot, now)
         self.next_slot = slot + self.interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        return slot - now
+
+    async def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 class DomainLimiter:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, and_, any_, bindparam, exists, func, insert, select, update
+from sqlalchemy import String, Table, and_, any_, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.config import Settings
@@ -148,7 +148,8 @@ def _drop_not_mailable(session: Session, rows: Sequence[tuple[int, int, int, str
 
 
 def release_claims(session: Session, row_ids: Iterable[int]) -> int:
-    """Put claimed but unsent rows back in the queue (blast paused, worker stopping)."""
+    """Put claimed but unsent rows back in the queue (blast paused, worker stopping). Only rows
+    still `sending`: those of a cancelled blast are `cancelled` already (cancel_unsent)."""
     ids = list(row_ids)
     if not ids:
         return 0
@@ -184,19 +185,29 @@ def release_stale_claims(session: Session, settings: Settings, *, now: datetime)
 
 
 # Built once: the worker runs these hundreds of times a second. A row already recorded as sent
-# never goes back (a late duplicate result must not undo it).
+# never goes back (a late duplicate result must not undo it). A row cancelled while its message
+# was in flight takes the result (sent, failed, bounced: what happened), except a temporary
+# refusal: it stays `cancelled`, nothing retries it.
+_NEW_STATUS = bindparam("b_status", type_=String())  # typed: PostgreSQL compares it in the CASE
 _RECORD_ROW = (
     update(_QUEUE).where(_QUEUE.c.id == bindparam("b_id"), _QUEUE.c.status != MessageStatus.sent)
-    .values(status=bindparam("b_status"), attempts=bindparam("b_attempts"),
-            next_attempt_at=bindparam("b_next"), last_smtp_code=bindparam("b_code"),
+    .values(status=case((and_(_QUEUE.c.status == MessageStatus.cancelled,
+                              _NEW_STATUS == MessageStatus.deferred), _QUEUE.c.status),
+                        else_=_NEW_STATUS),
+            attempts=bindparam("b_attempts"),
+            next_attempt_at=case((_QUEUE.c.status == MessageStatus.cancelled, None),
+                                 else_=bindparam("b_next", type_=_QUEUE.c.next_attempt_at.type)),
+            last_smtp_code=bindparam("b_code"),
             last_smtp_reply=bindparam("b_reply"), updated_at=bindparam("b_at"),
             sent_at=bindparam("b_sent"), claimed_at=None, claimed_by=None))
 _LOG_ATTEMPT = insert(DeliveryLog.__table__)  # type: ignore[arg-type]
 # PostgreSQL: the same two writes as one statement each, the batch passed as arrays. An
 # executemany runs (and plans) one UPDATE per row; this halves the cost of recording a batch.
 _PG_RECORD_ROWS = """
-UPDATE queued_messages AS q SET status = v.status, attempts = v.attempts,
-    next_attempt_at = v.next_at, last_smtp_code = v.code, last_smtp_reply = v.reply,
+UPDATE queued_messages AS q SET status = CASE WHEN q.status = 'cancelled' AND v.status = 'deferred'
+        THEN q.status ELSE v.status END, attempts = v.attempts,
+    next_attempt_at = CASE WHEN q.status = 'cancelled' THEN NULL ELSE v.next_at END,
+    last_smtp_code = v.code, last_smtp_reply = v.reply,
     updated_at = v.at, sent_at = v.sent, claimed_at = NULL, claimed_by = NULL
 FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::timestamptz[], %s::int[], %s::text[],
             %s::timestamptz[], %s::timestamptz[]) AS v(id, status, attempts, next_at, code, reply, at, sent)

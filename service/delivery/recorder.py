@@ -61,8 +61,10 @@ class Recorder:
         self._wanted.set()
 
     def put_back_unstarted(self, row_ids: Iterable[int]) -> None:
-        """Claimed rows no sender took from the queue (written with the next commit)."""
+        """Claimed rows no sender took from the queue (their blast stopped, or the worker is
+        stopping)."""
         self._to_release.extend(row_ids)
+        self._wanted.set()
 
     def is_idle(self) -> bool:
         """Every job taken from the queue is recorded or put back."""

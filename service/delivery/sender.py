@@ -5,7 +5,13 @@ A sender waits until its previous result is committed before sending the next me
 so a SIGKILL can lose the record of at most one accepted message per connection (sent again after
 restart: at most one duplicate each). While a message goes out, its sender takes the next job
 along: on a relay that pipelines, that job's envelope is written behind this message's content
-(see SmtpConnection.send `then`)."""
+(see SmtpConnection.send `then`).
+
+Stop means stop: a job's blast must be in the claimer's `running` set (an O(1) lookup, kept
+within half a second of the database by the claimer) when its SMTP transaction starts, i.e.
+after every wait (domain slot, relay backoff, rate slot), which a stopping blast cuts short;
+and, for an envelope chained behind the previous message, again right before its content is
+written. Otherwise the job goes back (see Claimer)."""
 
 from __future__ import annotations
 
@@ -54,6 +60,7 @@ class Sender:
         self._queue = claimer.queue
         self._need_more = claimer.need_more
         self._running = claimer.running
+        self._stops = claimer.stops
         self._prepared = claimer.prepared
         self._recorder = recorder
         self._stopping = stopping
@@ -75,10 +82,7 @@ class Sender:
                 if self._queue.qsize() < self.settings.batch_size:
                     self._need_more.set()
                 if job.blast_id not in self._running or self._stopping.is_set():
-                    if carried is not None and carried.domain_held:
-                        self.domains.release(carried.domain)
-                        await connection.close()  # its envelope is open: the relay drops it
-                    self._recorder.put_back(job.id)
+                    await self._put_back(connection, job, carried)
                     carried = None
                     continue
                 previous, carried = await self._deliver(connection, job, previous, carried)
@@ -86,6 +90,33 @@ class Sender:
                 await previous
         finally:
             await connection.close(polite=True)
+
+    async def _put_back(self, connection: SmtpConnection, job: Claimed, carried: _Next | None) -> None:
+        """Not sent after all: its blast stopped here, or the worker is stopping."""
+        if carried is not None and carried.domain_held:
+            # Its envelope is open (DATA got 354), its content not written: RSET is impossible
+            # now (it would be read as content), so the connection is dropped, and the relay
+            # discards the unfinished message (RFC 5321 §4.1.1.4). Nothing of it is delivered.
+            self.domains.release(carried.domain)
+            await connection.close()
+        self._recorder.put_back(job.id)
+
+    def _may_send(self, blast_id: int) -> bool:
+        return blast_id in self._running and not self._stopping.is_set()
+
+    async def _wait(self, seconds: float, blast_id: int) -> bool:
+        """Wait `seconds` (a rate slot, a relay backoff), cut short when the blast stops here or
+        the worker stops; whether the job may still be sent."""
+        deadline = time.monotonic() + seconds
+        for _ in range(10_000):  # bounded; each turn ends at the deadline or at a stop
+            if seconds <= 0 or not self._may_send(blast_id):
+                break
+            try:
+                await asyncio.wait_for(self._stops.wait(), seconds)
+            except TimeoutError:
+                pass
+            seconds = deadline - time.monotonic()
+        return self._may_send(blast_id)
 
     def _render(self, job: Claimed) -> bytes | str:
         """The message in its DATA form, or why it cannot be rendered."""
@@ -121,9 +152,10 @@ class Sender:
         return following
 
     async def _deliver(self, connection: SmtpConnection, job: Claimed, previous: asyncio.Future[None] | None,
-                       carried: _Next | None) -> tuple[asyncio.Future[None], _Next | None]:
+                       carried: _Next | None) -> tuple[asyncio.Future[None] | None, _Next | None]:
         """Render (unless done already) and send one message; returns the future of its recording
-        and the next job when one was taken along. The send waits for `previous` before DATA,
+        (`previous` when its blast stopped meanwhile and it went back) and the next job when one
+        was taken along. The send waits for `previous` before DATA,
         so at most one accepted message per connection is unrecorded."""
         data = carried.data if carried is not None and carried.data is not None else self._render(job)
         if isinstance(data, str):
@@ -137,14 +169,26 @@ class Sender:
         # Read before the first await: the claimer may forget a paused blast's release.
         envelope_from = self._prepared[job.blast_id].release.envelope_from  # type: ignore[union-attr]
         domain = recipient_domain(job.email)
+        if chained and previous is not None:
+            # Its content goes only once the previous result is committed (the rule of `send`):
+            # wait here, so the blast is looked at after that wait and right before the content.
+            await previous
+            if not self._may_send(job.blast_id):
+                await self._put_back(connection, job, carried)
+                return previous, None
         if not chained:
             await self.domains.acquire(domain)  # not `async with hold()`: a generator per message
         try:
             if not chained:
                 delay = self.relay.down_until - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
-                await self.rate.wait()
+                    await self._wait(delay, job.blast_id)
+                delay = self.rate.reserve() if self._may_send(job.blast_id) else 0.0
+                if delay > 0:
+                    await self._wait(delay, job.blast_id)
+                if not self._may_send(job.blast_id):  # after every wait, before MAIL
+                    self._recorder.put_back(job.id)
+                    return previous, None
             following = self._take_next()
             then = None
             if (following is not None and isinstance(following.data, bytes)

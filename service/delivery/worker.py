@@ -50,7 +50,7 @@ class Worker:
         self.recorder = Recorder(settings, worker_id, self._databases[1], self.brake, running)
         self.claimer = Claimer(settings, worker_id, self._databases[0], self.brake, running, self._stopping,
                                until_idle=self.until_idle, include_due=self.include_due,
-                               is_drained=self.recorder.is_idle)
+                               is_drained=self.recorder.is_idle, put_back=self.recorder.put_back_unstarted)
         self.sender = Sender(settings, worker_id, self.claimer, self.recorder, self._stopping)
 
     @property
@@ -66,6 +66,7 @@ class Worker:
             log.info("worker %s: stopping, finishing messages in flight", self.worker_id)
             self._stopping.set()
             self.claimer.wake()
+            self.claimer.signal_stops()
 
     async def _watch_stop_event(self) -> None:
         while not self._stopping.is_set():
