@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -71,6 +72,11 @@ class Settings:
     test_sends_per_hour: int = 50  # test-send addresses per user per hour
     metrics_token: str = field(default="", repr=False)
 
+    # ---- SMTP hardening (issue 14): keep these together ----------------------------------------
+    smtp_data_timeout_seconds: float = 600.0  # the reply to the final dot (RFC 5321 §4.5.3.2.6)
+    smtp_allow_plaintext_auth: bool = False  # AUTH without TLS to a relay off loopback
+    dkim_keys: str = ""  # per From domain: "domain=selector:/path/key.pem,..." or a folder
+
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -95,6 +101,20 @@ class Settings:
     def is_https(self) -> bool:
         return self.base_url.startswith("https://")
 
+
+    @property
+    def dkim_keys_by_domain(self) -> dict[str, tuple[str, str]]:
+        """COMMUNIQUE_DKIM_KEYS as {domain: (selector, key path)}. A folder holds one
+        `<domain>.<selector>.pem` per key (e.g. news.example.org.press2025.pem)."""
+        return _dkim_keys(self.dkim_keys)
+
+    def startup_warnings(self) -> list[str]:
+        """What a production operator should hear about once, at start-up (the worker logs it)."""
+        warnings = []
+        if self.env == "production" and not self.is_https:
+            warnings.append(f"{PREFIX}BASE_URL is not https: messages carry no List-Unsubscribe-Post "
+                            "(RFC 8058 one-click needs an https link)")
+        return warnings
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -167,8 +187,54 @@ class Settings:
             fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if bool(self.dkim_selector) != bool(self.dkim_private_key_path):
             fail("dkim_selector", "DKIM needs both a selector and COMMUNIQUE_DKIM_PRIVATE_KEY_PATH")
+        self._validate_smtp_hardening(fail)
         if self.env == "production" and len(self.secret_key) < 32:
             fail("secret_key", "production needs a random secret of at least 32 characters")
+
+    def _validate_smtp_hardening(self, fail: Any) -> None:
+        if self.smtp_data_timeout_seconds <= 0:
+            fail("smtp_data_timeout_seconds", "must be a positive number of seconds")
+        if (self.smtp_tls == "none" and (self.smtp_username or self.smtp_password)
+                and not self.smtp_allow_plaintext_auth and not _is_loopback(self.smtp_host)):
+            fail("smtp_tls", f"none would send the SMTP password in clear to {self.smtp_host}: use "
+                 "starttls or implicit, or set COMMUNIQUE_SMTP_ALLOW_PLAINTEXT_AUTH=true")
+        try:
+            keys = self.dkim_keys_by_domain
+        except ValueError as exc:
+            fail("dkim_keys", str(exc))
+            return
+        for domain, (_selector, path) in keys.items():
+            if not Path(path).is_file():
+                fail("dkim_keys", f"the key for {domain}, {path}, is not a readable file")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _dkim_keys(value: str) -> dict[str, tuple[str, str]]:
+    value = value.strip()
+    if not value:
+        return {}
+    keys: dict[str, tuple[str, str]] = {}
+    if "=" not in value and Path(value).is_dir():
+        for key_file in sorted(Path(value).glob("*.pem")):
+            domain, _, selector = key_file.stem.rpartition(".")
+            if domain and selector:
+                keys[domain.lower()] = (selector, str(key_file))
+        return keys
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, _, rest = item.partition("=")
+        selector, _, path = rest.partition(":")
+        if not (domain.strip() and selector.strip() and path.strip()):
+            raise ValueError(f"{item!r} is not domain=selector:/path/to/key.pem")
+        keys[domain.strip().lower()] = (selector.strip(), path.strip())
+    return keys
 
 
 def _parse(variable: str, raw: str, kind: Any) -> Any:

@@ -36,7 +36,7 @@ class Fault:
     code: int
     reply: str
     times: int | None = None
-    at: str = "rcpt"  # "rcpt", "data" (reply after DATA) or "drop" (close during DATA)
+    at: str = "rcpt"  # "rcpt", "mail" (reply to MAIL FROM), "data" (reply after DATA) or "drop"
 
 
 class RecordingHandler:
@@ -50,6 +50,10 @@ class RecordingHandler:
         self.pipelining = False  # advertise PIPELINING (RFC 2920) in the EHLO reply
         self.pipelined_count = 0  # RCPTs that arrived with the DATA command already written behind
         self.chained_count = 0  # contents that arrived with the next MAIL already written behind
+        self.messages_per_connection = 0  # >0: 421 at MAIL after this many messages on a connection
+        self.refuse_connections = 0  # the next this many connections get 421 at the greeting
+        self.refused_connections = 0
+        self.smtputf8 = True  # advertise SMTPUTF8; False: an ASCII-only relay
         self.lock = threading.Lock()
 
     def fail(self, address: str, code: int, reply: str, times: int | None = None,
@@ -74,12 +78,20 @@ class RecordingHandler:
             self.connections += 1
         if self.pipelining:
             responses.insert(len(responses) - 1, "250-PIPELINING")
+        if not self.smtputf8:
+            responses = [r for r in responses if "SMTPUTF8" not in r.upper()]
         return responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         with self.lock:
             self.mail_count += 1
+        limit = self.messages_per_connection
+        if limit and getattr(session, "delivered_count", 0) >= limit:
+            return "421 4.7.0 Too many messages on this connection, closing"
+        fault = self._take_fault(address, "mail")
+        if fault is not None:
+            return f"{fault.code} {fault.reply}"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -113,6 +125,7 @@ class RecordingHandler:
             fault = self._take_fault(address, "data")
             if fault is not None:
                 return f"{fault.code} {fault.reply}"
+        session.delivered_count = getattr(session, "delivered_count", 0) + 1  # type: ignore[attr-defined]
         with self.lock:
             self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
                                           bytes(envelope.original_content or b"")))
@@ -124,6 +137,29 @@ class RecordingHandler:
 
     def recipient_counts(self) -> Counter[str]:
         return Counter(r.lower() for m in self.messages for r in m.rcpt_tos)
+
+
+class _FaultySMTP(SMTP):
+    """aiosmtpd's server, able to refuse a connection at the greeting (421, then close)."""
+
+    async def _handle_client(self) -> None:
+        handler = self.event_handler
+        with handler.lock:
+            refuse = handler.refuse_connections > 0
+            if refuse:
+                handler.refuse_connections -= 1
+                handler.refused_connections += 1
+        if refuse:
+            await self.push("421 4.3.2 Service not available, try later")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _FaultySMTP(self.handler, **self.SMTP_kwargs)
 
 
 @dataclass
@@ -150,7 +186,7 @@ def free_port() -> int:
 def start_smtp_server(handler: RecordingHandler | None = None) -> SmtpServer:
     handler = handler or RecordingHandler()
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port,
+    controller = _Controller(handler, hostname="127.0.0.1", port=port,
                             data_size_limit=50 * 1024 * 1024, ready_timeout=10)
     controller.start()
     return SmtpServer(handler, "127.0.0.1", port, controller)

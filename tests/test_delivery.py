@@ -119,10 +119,12 @@ def test_connection_dropped_during_data_is_deferred_then_sent(db, smtp_settings,
 
 
 def test_slow_server_times_out_then_succeeds(db, smtp_settings, smtpd) -> None:  # type: ignore[no-untyped-def]
-    """A server slower than the command timeout defers (444, timeout); once it speeds up the message
-    goes out. Duplicates are possible only for the timed-out attempt, which the server dropped."""
+    """A server slower than the final-dot timeout defers (444, timeout); once it speeds up the
+    message goes out. Duplicates are possible only for the timed-out attempt, which the server
+    dropped. (The final dot's own limit is long by default: tests/test_hardening_smtp.py.)"""
     smtpd.handler.delay_seconds = 1.5
-    settings = dataclasses.replace(smtp_settings, smtp_timeout_seconds=0.5, smtp_connections=1)
+    settings = dataclasses.replace(smtp_settings, smtp_timeout_seconds=0.5, smtp_data_timeout_seconds=0.5,
+                                   smtp_connections=1)
     blast = start(db, settings, 1)
     stop = threading.Event()
     thread = threading.Thread(target=run_worker, args=(settings,), kwargs={"stop_event": stop,
@@ -212,10 +214,11 @@ def test_test_send_goes_outside_the_ledger_with_a_marked_subject(db, smtp_settin
 
 
 def test_reply_classification_follows_the_temporary_permanent_rule() -> None:
-    """2xx sent; 4xx and 552 deferred (421/452 reconnect); 5xx failed; 5.1.x bounced."""
+    """2xx sent; 4xx and 552 at RCPT deferred (421/452 reconnect); 5xx failed; 5.1.x bounced."""
     assert classify_reply(250, "OK").outcome == "sent"
     assert classify_reply(452, "4.5.3 Too many recipients").reconnect
-    assert classify_reply(552, "5.2.2 Mailbox full").outcome == "deferred"
+    assert classify_reply(552, "5.5.3 Too many recipients", "SMTPRecipientRefused").outcome == "deferred"
+    assert classify_reply(552, "5.3.4 Message too big", "SMTPDataError").outcome == "failed"
     assert classify_reply(554, "5.7.1 Rejected").outcome == "failed"
     assert classify_reply(550, "5.1.1 User unknown").outcome == "bounced"
 
@@ -310,6 +313,7 @@ def test_relay_backoff_doubles_to_a_minute_logs_once_and_resets_when_the_relay_a
     relay = RelayBackoff("w1", "relay.example:25")
     waits = []
     for _ in range(12):
+        relay.down_until = time.monotonic()  # the previous wait is over: the next failure doubles it
         before = time.monotonic()
         relay.note(True, "Connection refused")
         waits.append(relay.backoff_seconds)

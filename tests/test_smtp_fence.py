@@ -111,7 +111,7 @@ def test_what_the_pipeline_relies_on_is_still_there(smtpd: SmtpServer) -> None:
             if pipeline is None:
                 problems.append("attach() refused a connected client")
                 return
-            replies, exchange_error = await pipeline.exchange(b"NOOP\r\nNOOP\r\n", 2, 10)
+            replies, exchange_error = await pipeline.exchange(b"NOOP\r\nNOOP\r\n", (10, 10))
             if [r.code for r in replies] != [250, 250] or exchange_error is not None:
                 problems.append(f"a pipelined NOOP NOOP read {replies}, {exchange_error}")
             if transport.get_protocol() is not protocol:  # type: ignore[union-attr]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -189,13 +188,18 @@ def _blast_where(blast: Blast) -> list[Any]:
                            leave_out_group=group)
 
 
+def _random_hex(session: Session) -> Any:
+    """32 random hex digits per row, in SQL."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.replace(cast(func.gen_random_uuid(), String), "-", "")
+    return func.lower(func.hex(func.randomblob(16)))
+
+
 def enqueue_blast(session: Session, settings: Settings, blast: Blast, *, now: datetime) -> int:
     """Create the blast's ledger rows with one INSERT ... SELECT; returns how many were added.
-    The Message-ID is made here (a per-blast random token + the contact id), so every retry
-    sends the identical id."""
-    token = secrets.token_hex(8)
-    message_id = (literal("<c") + cast(Contact.id, String)
-                  + literal(f".b{blast.id}.{token}@{settings.message_id_domain}>"))
+    The Message-ID is made here, so every retry sends the identical id: 128 random bits per row,
+    made by the database, opaque (no contact or blast id in it; the row keeps the mapping)."""
+    message_id = literal("<") + _random_hex(session) + literal(f"@{settings.message_id_domain}>")
     source = select(literal(blast.id), Contact.id, Contact.email, literal(str(MessageStatus.queued)),
                     literal(0), message_id, literal(now, QueuedMessage.created_at.type),
                     literal(now, QueuedMessage.updated_at.type)).where(*_blast_where(blast))
@@ -316,6 +320,13 @@ def _schedule(session: Session, settings: Settings | None, blast: Blast, send_at
     blast.status = BlastStatus.scheduled
     blast.send_at = send_at
     _event(session, blast, "scheduled", actor, now, send_at.isoformat())
+    if settings is not None:
+        # Imported here: rendering loads the templates, which `blasts create` does not need.
+        from service.rendering.prepare import dkim_warning, sender_address
+
+        warning = dkim_warning(settings, sender_address(blast.release, settings))
+        if warning:
+            log.warning("blast %s: %s", blast.id, warning)
     session.flush()
     if send_at <= now and settings is not None:
         start_blast(session, settings, blast.id, now=now)

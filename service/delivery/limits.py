@@ -90,7 +90,8 @@ def recipient_domain(address: str) -> str:
 
 class RelayBackoff:
     """A dead relay is logged once, then every connection waits until `down_until` (monotonic
-    time) before trying again, doubling the wait with each failure up to a minute."""
+    time) before trying again, doubling the wait with each failed round of tries (not each
+    failed connection) up to a minute."""
 
     def __init__(self, worker_id: str, relay: str) -> None:
         self.worker_id = worker_id
@@ -105,8 +106,12 @@ class RelayBackoff:
         return min(0.5 * 2 ** min(self.failure_count - 1, 10), MAX_RELAY_BACKOFF_SECONDS)
 
     def note(self, down: bool, reply: str | None) -> None:
-        """After each send: `down` when the relay could not even be reached."""
+        """After each send: `down` when the relay could not even be reached. Failures while the
+        wait runs are the same outage (the pool's connections fail together): only a failure
+        after the wait is over doubles it."""
         if down:
+            if self.failure_count and time.monotonic() < self.down_until:
+                return
             self.failure_count += 1
             if self.failure_count == 1:
                 log.error("worker %s: cannot reach the relay %s: %s", self.worker_id, self.relay, reply)

@@ -26,7 +26,7 @@ from service.delivery.claimer import Claimer
 from service.delivery.limits import DomainLimiter, RateLimiter, RelayBackoff, recipient_domain
 from service.delivery.queue import Attempt, Claimed
 from service.delivery.recorder import Recorder
-from service.delivery.smtp import SendResult, SmtpConnection
+from service.delivery.smtp import SendResult, SmtpConnection, is_connection_limit
 from service.errors import RenderError
 from service.logs import bind
 from service.models import DeliveryOutcome
@@ -216,8 +216,8 @@ class Sender:
         self.domains.release(following.domain)
         following.domain_held = False
         refused: SendResult | None = connection.then_result
-        if refused is None:
-            return following
+        if refused is None or is_connection_limit(refused):
+            return following  # not tried, or the relay's per-connection limit: sent afresh next
         self._recorder.add(_attempt(following.job, refused.outcome, refused.smtp_code,
                                     refused.smtp_reply, refused.error_type, None))
         return None

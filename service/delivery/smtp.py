@@ -17,7 +17,9 @@ from aiosmtplib import SMTPResponse, SMTPStatus
 
 from service.config import Settings
 from service.delivery import smtp_pipelining
+from service.errors import RenderError
 from service.models import DeliveryOutcome
+from service.rendering.mime import ascii_address
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +38,32 @@ class SendResult:
     relay_down: bool = False  # could not even connect
 
 
-def classify_reply(code: int, reply: str, error_type: str | None = None) -> SendResult:
-    """2xx sent; 4xx and 552 temporary; other 5xx permanent, 5.1.x bounced (no such user)."""
+def classify_reply(code: int, reply: str, error_type: str | None = None, *,
+                   size: int | None = None) -> SendResult:
+    """2xx sent; 4xx temporary; 5xx permanent, 5.1.x bounced (no such user). 552 is temporary
+    only at RCPT (RFC 5321 §4.5.3.1.10: too many recipients); at MAIL or after DATA it is the
+    message size, permanent: the reply then says the size we sent (`size`, in bytes)."""
     reply = (reply or "").strip()[:1000]
     if 200 <= code < 300:
         return SendResult(DeliveryOutcome.sent, code, reply)
-    if 400 <= code < 500 or code == 552:
+    if 400 <= code < 500 or (code == 552 and error_type == "SMTPRecipientRefused"):
         return SendResult(DeliveryOutcome.deferred, code, reply, error_type,
                           reconnect=code in RECONNECT_CODES)
+    if code == 552 and size is not None:
+        reply = f"{reply[:900]} (the message is {size} bytes)"
     if code >= 500 and BAD_MAILBOX.match(reply):
         return SendResult(DeliveryOutcome.bounced, code, reply, error_type)
     if code >= 500:
         return SendResult(DeliveryOutcome.failed, code, reply, error_type)
     # A reply outside 2xx-5xx is a broken conversation: treat it as temporary and reconnect.
     return SendResult(DeliveryOutcome.deferred, code, reply, error_type, reconnect=True)
+
+
+def is_connection_limit(result: SendResult) -> bool:
+    """421 to MAIL: the relay closes this connection before the transaction (its limit of
+    messages per connection); the message was not taken and may go at once on a new connection.
+    (A 421 at RCPT is about that recipient: it keeps the retry schedule.)"""
+    return result.smtp_code == 421 and result.error_type == "SMTPSenderRefused"
 
 
 def _no_reply(exc: BaseException, *, relay_down: bool = False) -> SendResult:
@@ -133,7 +147,19 @@ class SmtpConnection:
         connection is ever unrecorded. `wire=True` says `data` is already in its DATA form: CRLF
         line ends, dot-stuffed, ending with ".\r\n" (render_bytes(wire=True)), so it is not checked
         or copied again.
-        `then` = (from, to, size) of the next message, chained when `can_chain` said so."""
+        `then` = (from, to, size) of the next message, chained when `can_chain` said so.
+
+        A 421 at MAIL on a connection that has delivered messages is the relay's limit of
+        messages per connection: the message is tried once more at once, on a new connection."""
+        reused = self.client is not None and self.sent_count > 0 and self._open is None
+        result = await self._send_once(envelope_from, address, data, before_data, wire, then)
+        if reused and is_connection_limit(result):
+            result = await self._send_once(envelope_from, address, data, before_data, wire, then)
+        return result
+
+    async def _send_once(self, envelope_from: str, address: str, data: bytes,
+                         before_data: Awaitable[Any] | None, wire: bool,
+                         then: tuple[str, str, int] | None) -> SendResult:
         self.then_result = None
         if self._open is not None and self._open != (envelope_from, address):
             await self.close()  # an envelope open for another message: this one cannot follow
@@ -148,6 +174,8 @@ class SmtpConnection:
                 return _no_reply(exc, relay_down=True)
         client = self.client
         assert client is not None
+        if not (address.isascii() and envelope_from.isascii()) and not client.supports_extension("smtputf8"):
+            envelope_from, address = _a_labels(envelope_from), _a_labels(address)  # IDN: punycode
         self.sent_count += 1
         pipeline = self._pipeline
         if pipeline is not None and (self._open is not None or (
@@ -169,10 +197,10 @@ class SmtpConnection:
             await client.rcpt(address, encoding=encoding)
             if before_data is not None:
                 await before_data
-            response = await client.data(data)
+            response = await client.data(data, timeout=self.settings.smtp_data_timeout_seconds)
             return SendResult(DeliveryOutcome.sent, response.code, response.message[:1000])
         except aiosmtplib.SMTPResponseException as exc:  # MAIL, RCPT or DATA refused
-            result = classify_reply(exc.code, exc.message, type(exc).__name__)
+            result = classify_reply(exc.code, exc.message, type(exc).__name__, size=len(data))
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             result = _no_reply(exc)
         except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
@@ -199,11 +227,14 @@ class SmtpConnection:
         only once `before_data` is done, with the `then` envelope behind it. Codes, replies and
         error types are those of the one-command-at-a-time path."""
         timeout = self.settings.smtp_timeout_seconds
+        # Each reply its own limit (RFC 5321 §4.5.3.2): a command's, or the final dot's long one.
+        envelope_timeouts = (timeout, timeout, timeout)
+        dot_timeout = self.settings.smtp_data_timeout_seconds
         try:
             if self._open is None:
                 replies, error = await pipeline.exchange(
-                    self._envelope(envelope_from, address, len(data)), 3, timeout)
-                refused = await self._open_envelope(replies, error, envelope_from, address)
+                    self._envelope(envelope_from, address, len(data)), envelope_timeouts)
+                refused = await self._open_envelope(replies, error, envelope_from, address, len(data))
                 if refused is not None:
                     await self._after_refusal(refused)
                     return refused
@@ -212,12 +243,13 @@ class SmtpConnection:
                 await before_data
             content = data if wire else _data_form(data)
             if then is not None and self.client is not None:
-                replies, error = await pipeline.exchange(content + self._envelope(*then), 4, timeout)
+                replies, error = await pipeline.exchange(content + self._envelope(*then),
+                                                         (dot_timeout, *envelope_timeouts))
             else:
                 then = None
-                replies, error = await pipeline.exchange(content, 1, timeout)  # raises if no reply
+                replies, error = await pipeline.exchange(content, (dot_timeout,))  # raises if no reply
         except aiosmtplib.SMTPResponseException as exc:  # a reply we cannot read
-            result = classify_reply(exc.code, exc.message, type(exc).__name__)
+            result = classify_reply(exc.code, exc.message, type(exc).__name__, size=len(data))
             await self._after_refusal(result)
             return result
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
@@ -227,9 +259,9 @@ class SmtpConnection:
         if response.code == SMTPStatus.completed:
             result = SendResult(DeliveryOutcome.sent, response.code, response.message[:1000])
         else:
-            result = classify_reply(response.code, response.message, "SMTPDataError")
+            result = classify_reply(response.code, response.message, "SMTPDataError", size=len(data))
         if then is not None and error is None and not result.reconnect:
-            self.then_result = await self._open_envelope(replies[1:], None, then[0], then[1])
+            self.then_result = await self._open_envelope(replies[1:], None, then[0], then[1], then[2])
             if self.then_result is not None:
                 await self._after_refusal(self.then_result)
         elif error is not None or result.reconnect:
@@ -237,7 +269,7 @@ class SmtpConnection:
         return result
 
     async def _open_envelope(self, replies: list[SMTPResponse], error: aiosmtplib.SMTPException | None,
-                             envelope_from: str, address: str) -> SendResult | None:
+                             envelope_from: str, address: str, size: int) -> SendResult | None:
         """The replies to MAIL, RCPT, DATA: None when DATA got 354 (the envelope is now open),
         else the refusal. Out of step (a reply missing, or 354 for a refused envelope), the
         connection is closed: a refusal read before it still counts."""
@@ -247,14 +279,14 @@ class SmtpConnection:
                                  and (mail.code != SMTPStatus.completed or rcpt.code not in _RCPT_OK)):
             await self.close()
         if mail is not None and mail.code != SMTPStatus.completed:
-            return classify_reply(mail.code, mail.message, "SMTPSenderRefused")
+            return classify_reply(mail.code, mail.message, "SMTPSenderRefused", size=size)
         if rcpt is not None and rcpt.code not in _RCPT_OK:
             return classify_reply(rcpt.code, rcpt.message, "SMTPRecipientRefused")
         if error is not None:
             return _no_reply(error)
         assert start is not None
         if start.code != SMTPStatus.start_input:
-            return classify_reply(start.code, start.message, "SMTPDataError")
+            return classify_reply(start.code, start.message, "SMTPDataError", size=size)
         self._open = (envelope_from, address)
         return None
 
@@ -315,6 +347,15 @@ def _data_form(message: bytes) -> bytes:
 def _unstuff(wire: bytes) -> bytes:
     """The message back from its DATA form (for aiosmtplib, which stuffs and ends it itself)."""
     return _STUFFED.sub(b".", wire[:-3] if wire.endswith(b"\r\n.\r\n") else wire)
+
+
+def _a_labels(address: str) -> str:
+    """An IDN domain as punycode (A-labels), for a relay without SMTPUTF8; an address that has no
+    ASCII form (non-ASCII before the @) is left as it is, for the refusal below."""
+    try:
+        return ascii_address(address)
+    except RenderError:
+        return address
 
 
 @functools.lru_cache(maxsize=64)

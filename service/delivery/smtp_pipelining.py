@@ -59,7 +59,7 @@ class Pipeline(asyncio.Protocol):
     """`exchange`: write commands together, read their replies in order.
 
     During an exchange, replies are parsed as bytes arrive and the exchange is woken once, when
-    all of them are in; its deadline is one timer for the whole exchange. The connection's own
+    all of them are in; each reply has its own deadline (one timer, moved on per reply). The connection's own
     events (lost, end of file, flow control) are passed on to aiosmtplib's protocol as they come."""
 
     def __init__(self, protocol: asyncio.BaseProtocol, transport: Any) -> None:
@@ -70,6 +70,9 @@ class Pipeline(asyncio.Protocol):
         self._replies: list[SMTPResponse] = []
         self._wanted = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._timeouts: tuple[float | None, ...] = ()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed = 0  # the reply the running timer is for
 
     # ---- asyncio.Protocol, while the exchange holds the transport ------------------------------
     def data_received(self, data: bytes) -> None:
@@ -91,6 +94,8 @@ class Pipeline(asyncio.Protocol):
             if len(self._replies) >= self._wanted:
                 waiter.set_result(None)
                 return
+            if len(self._replies) != self._timed:
+                self._start_timer()  # the next reply has its own limit, from now
         if len(buffer) > MAX_RESPONSE_LENGTH:
             _fail(waiter, aiosmtplib.SMTPResponseException(SMTPStatus.invalid_response, "Response too long"))
 
@@ -113,11 +118,13 @@ class Pipeline(asyncio.Protocol):
         self._protocol.resume_writing()
 
     # ---- the exchange --------------------------------------------------------------------------
-    async def exchange(self, data: bytes, count: int, timeout: float | None
+    async def exchange(self, data: bytes, timeouts: tuple[float | None, ...]
                        ) -> tuple[list[SMTPResponse], aiosmtplib.SMTPException | None]:
-        """Write `data`, then read `count` replies in order. A lost connection or a timeout ends
-        the reading: the replies read so far are returned with that error (with no reply at
-        all, the error is raised)."""
+        """Write `data`, then read one reply per entry of `timeouts`, in order. Each reply has its
+        own limit, counted from the previous reply (RFC 5321 §4.5.3.2: a limit per command, the
+        final dot's own 10 minutes), never one budget shared by all. A lost connection or a
+        timeout ends the reading: the replies read so far are returned with that error (with no
+        reply at all, the error is raised)."""
         transport = self._transport
         if transport.is_closing() or transport.get_protocol() is not self._protocol:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -125,15 +132,11 @@ class Pipeline(asyncio.Protocol):
             raise aiosmtplib.SMTPResponseException(SMTPStatus.invalid_response, "Unexpected reply")
         waiter = self._waiter = self._loop.create_future()
         replies: list[SMTPResponse] = []
-        self._replies, self._wanted = replies, count
-        timer = None
+        self._replies, self._wanted, self._timeouts = replies, len(timeouts), timeouts
         transport.set_protocol(self)
         try:
             transport.write(data)
-            if timeout is not None:  # `timeout` per reply expected, one timer for them all
-                timer = self._loop.call_later(timeout * count, _fail, waiter,
-                                              aiosmtplib.SMTPReadTimeoutError(
-                                                  "Timed out waiting for server response"))
+            self._start_timer()
             try:
                 await waiter
             except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPReadTimeoutError) as exc:
@@ -141,11 +144,23 @@ class Pipeline(asyncio.Protocol):
                     raise
                 return replies, exc
         finally:
-            if timer is not None:
-                timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._waiter = None
             transport.set_protocol(self._protocol)
         return replies, None
+
+    def _start_timer(self) -> None:
+        """The limit of the next reply expected (one timer at a time, replaced per reply)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timed = index = len(self._replies)
+        timeout = self._timeouts[index] if index < len(self._timeouts) else None
+        if timeout is not None and self._waiter is not None:
+            self._timer = self._loop.call_later(timeout, _fail, self._waiter, aiosmtplib.SMTPReadTimeoutError(
+                "Timed out waiting for server response"))
 
     def _next_reply(self) -> SMTPResponse | None:
         """One complete reply from the buffer, or None. One-line replies (nearly all of them)

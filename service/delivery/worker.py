@@ -128,6 +128,8 @@ async def run_worker_async(settings: Settings, *, until_idle: bool = False,
         session_factory = make_session_factory(engine)
     worker = Worker(settings, session_factory, new_worker_id(worker_id), until_idle=until_idle,
                     include_due=include_due, stop_event=stop_event)
+    for warning in settings.startup_warnings():
+        log.warning("worker %s: %s", worker.worker_id, warning)
     loop = asyncio.get_running_loop()
     handled = []
     if threading.current_thread() is threading.main_thread():

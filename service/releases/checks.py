@@ -56,6 +56,8 @@ def check_message(message: RenderedMessage) -> list[Check]:
     checks.append(Check(not huge, "images are a reasonable size", "; ".join(huge)))
     broken = [href or "(empty)" for href in parser.links if not _is_valid_link(href)]
     checks.append(Check(not broken, "links are valid", ", ".join(broken[:10])))
+    if message.warnings:  # e.g. no DKIM key for the sender's domain (rendering.prepare.dkim_warning)
+        checks.append(Check(False, "signed for the sender's domain (DKIM)", "; ".join(message.warnings)))
     return checks
 
 

@@ -24,6 +24,10 @@ from service.contacts.fields import PRINTED_FIELDS
 from service.errors import RenderError
 
 CRLF = b"\r\n"
+FOLD = "\r\n "  # RFC 5322 §2.2.3: a header line goes on after CRLF and white space
+MAX_ENCODED_WORD = 75  # RFC 2047 §2
+MAX_LINE = 998  # RFC 5322 §2.1.1, octets without CRLF
+_ENCODED_WORD_BYTES = 45  # UTF-8 bytes one base64 encoded word carries within 75 characters
 POLICY = SMTP.clone(max_line_length=998)
 # The per-recipient values a template may print: ours, and the contact fields emails may print.
 PERSONAL_FIELDS = ("greeting", "unsubscribe_url", "full_name", *PRINTED_FIELDS)
@@ -93,15 +97,18 @@ def reject_newlines(field: str, value: str | None) -> None:
 
 
 def header_line(name: str, value: str) -> bytes:
-    """`Name: value` CRLF, folded at 78; non-ASCII values as RFC 2047 encoded words. Text that
-    looks like an encoded word is defused first (see defuse_encoded_words)."""
+    """`Name: value` CRLF, folded at 78; non-ASCII values, and ASCII words too long for a line,
+    as RFC 2047 encoded words. Text that looks like an encoded word is defused first (see
+    defuse_encoded_words)."""
     reject_newlines(name, value)
     value = defuse_encoded_words(clean_value(value))
     if value.isascii():
         lines = textwrap.wrap(f"{name}: {value}", width=78, break_long_words=False,
                               break_on_hyphens=False) or [f"{name}:"]
-        return "\r\n ".join(lines).encode("ascii") + CRLF
-    return (f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+        if max(map(len, lines)) <= MAX_LINE:
+            return FOLD.join(lines).encode("ascii") + CRLF
+    # maxlinelen 75: the stdlib counts the folding space apart, so a word would reach 76.
+    return (f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=75)
             ).encode("ascii") + CRLF
 
 
@@ -122,7 +129,34 @@ def format_address(name: str | None, address: str) -> str:
         return address
     if name.isascii():
         return formataddr((name, address))
-    return f"{header_encode_utf8(name)} <{address}>"
+    encoded = header_encode_utf8(name)
+    if len(encoded) <= MAX_ENCODED_WORD:
+        return f"{encoded} <{address}>"
+    return f"{fold_encoded_words(name)}{FOLD}<{address}>"
+
+
+def fold_encoded_words(text: str) -> str:
+    """A long non-ASCII text as base64 encoded words of at most 75 characters, one per folded
+    line (RFC 2047 §2, §5: a character is never split between two words; readers join adjacent
+    words without the space between them)."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for character in text:
+        length = len(character.encode("utf-8"))
+        if size + length > _ENCODED_WORD_BYTES:
+            words.append(base64mime.header_encode("".join(chunk).encode("utf-8"), "utf-8"))
+            chunk, size = [], 0
+        chunk.append(character)
+        size += length
+    if chunk:
+        words.append(base64mime.header_encode("".join(chunk).encode("utf-8"), "utf-8"))
+    return FOLD.join(words)
+
+
+def unfold(value: str) -> str:
+    """A header value on one line again (for previews)."""
+    return value.replace(FOLD, " ") if "\r\n" in value else value
 
 
 def header_encode_utf8(text: str) -> str:
@@ -232,7 +266,7 @@ def assemble_tail(*, static_headers: bytes, text_pieces: list[bytes | Hole],
     """Headers after List-Unsubscribe, then multipart/alternative (text, then HTML), inside
     multipart/mixed when there are attachments."""
     alternative = new_boundary()
-    alt_open = f'multipart/alternative; boundary="{alternative}"'.encode("ascii")
+    alt_open = f'multipart/alternative;{FOLD}boundary="{alternative}"'.encode("ascii")
     body: list[bytes | Hole] = [
         f"--{alternative}\r\n".encode("ascii"), part_head("text/plain"), *text_pieces,
         f"--{alternative}\r\n".encode("ascii"), part_head("text/html"), *html_pieces,
@@ -241,7 +275,7 @@ def assemble_tail(*, static_headers: bytes, text_pieces: list[bytes | Hole],
         head = static_headers + b"Content-Type: " + alt_open + CRLF + CRLF
         return _merge([head, *body])
     mixed = new_boundary()
-    head = (static_headers + f'Content-Type: multipart/mixed; boundary="{mixed}"\r\n\r\n'
+    head = (static_headers + f'Content-Type: multipart/mixed;{FOLD}boundary="{mixed}"\r\n\r\n'
             .encode("ascii"))
     out: list[bytes | Hole] = [head, f"--{mixed}\r\n".encode("ascii"), b"Content-Type: ", alt_open,
                                CRLF + CRLF, *body]

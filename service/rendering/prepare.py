@@ -61,6 +61,7 @@ class RenderedMessage:
     headers: dict[str, str]
     message_id: str
     raw: bytes = field(repr=False)
+    warnings: tuple[str, ...] = ()  # about sending it as it is (the release checks show them)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class PreparedRelease:
     from_address: str
     tokens: TokenMaker
     dkim: tuple[bytes, bytes, bytes] | None = None  # selector, domain, private key
+    warnings: tuple[str, ...] = ()
 
     @functools.cached_property
     def envelope_from(self) -> str:
@@ -137,12 +139,13 @@ class PreparedRelease:
                                 blast_id=blast_id)
         subject = f"[TEST] {variant.subject}" if test else variant.subject
         headers = {"Date": format_datetime(now), **variant.static_headers,
-                   "To": mime.format_address(recipient.full_name, recipient.email),
+                   "To": mime.unfold(mime.format_address(recipient.full_name, recipient.email)),
                    "Subject": subject, "Message-ID": message_id,
                    "List-Unsubscribe": f"<{url}>, <mailto:{self.envelope_from}?subject=unsubscribe>"}
         escaped = {k: html.escape(v) for k, v in values.items()}
         return RenderedMessage(subject, mime.fill_text(variant.html, escaped),
-                               mime.fill_text(variant.text, values), headers, message_id, raw)
+                               mime.fill_text(variant.text, values), headers, message_id, raw,
+                               self.warnings)
 
 
 def _printed(name: str) -> Callable[[Recipient, Variant, str], str]:
@@ -216,16 +219,62 @@ def prepare_release(session: Session, release_id: int, settings: Settings, *,
         variants[language] = _prepare_variant(member, settings, now=now,
                                               sender=(from_name, from_address))
     dkim_key = None
-    if settings.dkim_selector and settings.dkim_private_key_path:
+    chosen = dkim_key_for(settings, from_address)
+    if chosen is not None:
+        selector, domain, path = chosen
         try:
-            key = Path(settings.dkim_private_key_path).read_bytes()
+            key = Path(path).read_bytes()
         except OSError as exc:
             raise RenderError(f"cannot read the DKIM key: {exc}") from exc
-        domain = settings.dkim_domain or from_address.rpartition("@")[2]
-        dkim_key = (settings.dkim_selector.encode(), domain.encode(), key)
+        dkim_key = (selector.encode(), domain.encode(), key)
+    warning = dkim_warning(settings, from_address)
     log.debug("release %s: prepared %d variants", release.id, len(variants))
     return PreparedRelease(release.id, settings, variants, language_of(release.language),
-                           from_address, tokens, dkim_key)
+                           from_address, tokens, dkim_key, (warning,) if warning else ())
+
+
+def _domain_of(address: str) -> str:
+    domain = address.rpartition("@")[2].lower()
+    try:
+        return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain  # not a domain at all: the address is refused where it is used
+
+
+def dkim_key_for(settings: Settings, from_address: str) -> tuple[str, str, str] | None:
+    """(selector, d= domain, key path) to sign mail from `from_address`: the key configured for
+    its domain (COMMUNIQUE_DKIM_KEYS), else the single key of COMMUNIQUE_DKIM_SELECTOR, else none."""
+    domain = _domain_of(from_address)
+    keys = settings.dkim_keys_by_domain
+    if domain in keys:
+        selector, path = keys[domain]
+        return selector, domain, path
+    if settings.dkim_selector and settings.dkim_private_key_path:
+        return (settings.dkim_selector, settings.dkim_domain or domain,
+                settings.dkim_private_key_path)
+    return None
+
+
+def dkim_warning(settings: Settings, from_address: str) -> str | None:
+    """Why mail from `from_address` will fail DMARC's DKIM alignment, or None: no key signs for
+    its domain (DMARC relaxed alignment: d= is the From domain or a parent of it). Said when
+    DKIM is set up at all, and always in production."""
+    chosen = dkim_key_for(settings, from_address)
+    domain = _domain_of(from_address)
+    if chosen is not None and (domain == chosen[1].lower() or domain.endswith("." + chosen[1].lower())):
+        return None
+    if chosen is None and settings.env != "production" and not settings.dkim_keys:
+        return None
+    if chosen is None:
+        return (f"no DKIM key for {domain}: messages go unsigned (add one to "
+                "COMMUNIQUE_DKIM_KEYS), and DMARC then relies on SPF alone")
+    return (f"DKIM signs as {chosen[1]}, not the sender's domain {domain}: DMARC fails unless SPF "
+            f"aligns (add a key for {domain} to COMMUNIQUE_DKIM_KEYS)")
+
+
+def sender_address(release: Release, settings: Settings) -> str:
+    """The From address a release is sent from."""
+    return _sender(release, settings)[1]
 
 
 def _sender(release: Release, settings: Settings) -> tuple[str, str]:
@@ -382,11 +431,14 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
         middle += mime.header_line("Reply-To", static_headers["Reply-To"])
     middle += b"MIME-Version: 1.0\r\n"
     static_headers["MIME-Version"] = "1.0"
-    static_headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    one_click = b""
+    if settings.is_https:  # RFC 8058 §3.1: one-click only with an https URI
+        static_headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        one_click = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
     attachments = [mime.attachment_part(a.filename, a.content_type, _read_attachment(settings, a.path))
                    for a in release.attachments]
     tail = mime.assemble_tail(
-        static_headers=b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+        static_headers=one_click,
         text_pieces=mime.compile_body(text_body), html_pieces=mime.compile_body(html_body, html=True),
         attachments=attachments)
     skeleton = mime.Skeleton(
@@ -394,7 +446,8 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
         subject_line=mime.header_line("Subject", subject),
         test_subject_line=mime.header_line("Subject", f"[TEST] {subject}"),
         middle_headers=middle,
-        mailto=f">, <mailto:{mime.ascii_address(from_address)}?subject=unsubscribe>\r\n".encode("ascii"),
+        mailto=f">,{mime.FOLD}<mailto:{mime.ascii_address(from_address)}?subject=unsubscribe>\r\n"
+        .encode("ascii"),
         tail=tail)
     return Variant(release.id, language_of(release.language), release.slug, subject, html_body,
                    text_body, skeleton, static_headers)
