@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner
@@ -163,3 +164,29 @@ def test_client_addresses_come_from_trusted_proxies_only(settings: Settings, eng
         assert _login(client, "other@example.org", "wrong password", "203.0.113.9") == 429
         assert _login(client, "chef@example.org", PASSWORD, "198.51.100.7") == owner_status
         app.extensions["communique"].engine.dispose()
+
+
+
+def test_cli_account_changes_end_sessions(client: FlaskClient, db: Session,
+                                          runner: CliRunner) -> None:
+    """`communique users set-role|set-password|disable` end the user's web sessions; a disabled
+    account cannot sign in until `users enable`."""
+    from service.cli import main
+
+    make_user(db, "chef@example.org")
+    new_password = "a brand new password"
+    for command, password in ((["set-role", "chef@example.org", "sender"], PASSWORD),
+                              (["set-password", "chef@example.org", "--password-stdin"], PASSWORD),
+                              (["disable", "chef@example.org"], new_password)):
+        sign_in(client, "chef@example.org", password)
+        assert client.get("/").status_code == 200
+        result = runner.invoke(main, ["users", *command], input=f"{new_password}\n")
+        assert result.exit_code == 0, result.output
+        assert client.get("/").status_code == 302, command
+    response = client.post("/login", data={"email": "chef@example.org", "password": new_password,
+                                           "csrf_token": csrf_token(client)})
+    assert response.status_code == 401
+    assert runner.invoke(main, ["users", "enable", "chef@example.org"]).exit_code == 0
+    sign_in(client, "chef@example.org", new_password)
+    assert client.get("/").status_code == 200
+    assert runner.invoke(main, ["users", "disable", "nobody@example.org"]).exit_code == 1

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from service.config import Settings
-from service.errors import Conflict, FieldError, ValidationError
+from service.errors import Conflict, FieldError, NotFound, ValidationError
 from service.models import Role, User
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,13 @@ def authenticate(session: Session, email: str, password: str, *, now: datetime) 
     if not check_password_hash(user.password_hash, password or ""):
         return None
     user.last_login_at = now
+    return user
+
+
+def get_user_by_email(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(func.lower(User.email) == (email or "").strip().lower()))
+    if user is None:
+        raise NotFound(f"no user with the address {email}")
     return user
 
 
