@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from service.config import Settings
@@ -15,7 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from flask import Flask
 
     from service import api, web, webhook
-    from service.http import context, inputs
+    from service.http import context, inputs, security
     from service.ops import health, request_log
     from service.web import public
 
@@ -26,7 +27,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.upload_max_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.is_https,
+        SESSION_COOKIE_SECURE=security.is_cookie_secure(settings),
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_idle_minutes),
         SESSION_COOKIE_NAME="communique_session",
         WTF_CSRF_TIME_LIMIT=None,
         JSON_SORT_KEYS=False,
@@ -34,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     request_log.init_app(app, settings)
     context.init_app(app, settings)
     inputs.init_app(app)  # the `id` URL converter, before any blueprint's routes
+    limiter = security.init_limiter(app, settings)
     public.init_app(app)
     web.init_app(app)
     api.init_app(app)
@@ -43,4 +46,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     csrf = app.extensions["csrf"]
     csrf.exempt(api.bp)
     csrf.exempt(webhook.bp)
+    api.init_limits(limiter, settings)
+    security.init_app(app, settings)  # after the blueprints: the email pages get their own policy
     return app

@@ -6,7 +6,7 @@ import dataclasses
 import ipaddress
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -14,12 +14,15 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from limits import parse_many
+
 from service.errors import ConfigError
 
 PREFIX = "COMMUNIQUE_"
 SMTP_TLS_MODES = ("none", "starttls", "implicit")
 SMTP_PIPELINING_MODES = ("auto", "off")
 LOG_FORMATS = ("text", "json")
+RATE_LIMIT_STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,17 @@ class Settings:
     require_approval: bool = False
     undo_seconds: int = 20  # a web "send now" waits this long with an Undo button; 0 = off
     test_sends_per_hour: int = 50  # test-send addresses per user per hour
-    metrics_token: str = field(default="", repr=False)
+    metrics_token: str = field(default="", repr=False)  # required in production
+
+    # ---- hardening: sessions, proxies, rate limits ---------------------------
+    session_idle_minutes: int = 480  # a web session unused this long is over (signed cookie age)
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-* headers are believed
+    rate_limit_storage_url: str = field(default="memory://", repr=False)  # redis://… across workers
+    api_rate_limit: str = "300/minute"  # per API key
+    api_ip_rate_limit: str = "600/minute"  # per client address, all API requests
+    api_auth_failure_rate_limit: str = "30/minute"  # per client address, requests with a bad key
+    login_failure_limit: int = 10  # failed logins per account and client address in 5 minutes
+    login_ip_failure_limit: int = 50  # failed logins per client address in 5 minutes
 
     # ---- SMTP hardening (issue 14): keep these together ----------------------------------------
     smtp_data_timeout_seconds: float = 600.0  # the reply to the final dot (RFC 5321 §4.5.3.2.6)
@@ -190,6 +203,28 @@ class Settings:
         self._validate_smtp_hardening(fail)
         if self.env == "production" and len(self.secret_key) < 32:
             fail("secret_key", "production needs a random secret of at least 32 characters")
+        self._validate_hardening(fail)
+
+    def _validate_hardening(self, fail: Callable[[str, str], None]) -> None:
+        if not 1 <= self.session_idle_minutes <= 60 * 24 * 31:
+            fail("session_idle_minutes", "must be between 1 and 44640 (31 days)")
+        if not 0 <= self.trusted_proxies <= 10:
+            fail("trusted_proxies", "must be the number of reverse proxies in front (0 to 10)")
+        if urlsplit(self.rate_limit_storage_url).scheme not in RATE_LIMIT_STORAGE_SCHEMES:
+            fail("rate_limit_storage_url", "must be memory:// or a redis://host:port[/db] URL")
+        for name in ("api_rate_limit", "api_ip_rate_limit", "api_auth_failure_rate_limit"):
+            try:
+                parsed = parse_many(getattr(self, name))
+            except ValueError:
+                parsed = []
+            if not parsed:
+                fail(name, f"{getattr(self, name)!r} is not a limit such as '300/minute'")
+        for name in ("login_failure_limit", "login_ip_failure_limit"):
+            if getattr(self, name) < 1:
+                fail(name, "must be at least 1")
+        if self.env == "production" and len(self.metrics_token) < 16:
+            fail("metrics_token", "production needs a bearer token of at least 16 characters "
+                                  "for /metrics and /readyz details")
 
     def _validate_smtp_hardening(self, fail: Any) -> None:
         if self.smtp_data_timeout_seconds <= 0:

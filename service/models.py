@@ -345,6 +345,9 @@ class User(Base):
     language: Mapped[str] = mapped_column(String(10), default="fr")
     timezone: Mapped[str | None] = mapped_column(String(64))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Copied into the signed session cookie at login; raising it ends every existing session
+    # (logout, password, role or active changes): a cookie alone cannot be revoked.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = _created()
 

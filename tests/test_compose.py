@@ -72,7 +72,8 @@ def test_docker_compose_config_accepts_the_file():
         pytest.skip("SKIPPED LOUDLY: docker-compose is not installed (apt-get install docker-compose)")
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("COMMUNIQUE_", "POSTGRES_"))}
     command = [binary, "-f", str(COMPOSE), "config", "-q"]
-    ok = subprocess.run(command, env={**environ, "COMMUNIQUE_SECRET_KEY": "k" * 48}, cwd=ROOT,
+    ok = subprocess.run(command, env={**environ, "COMMUNIQUE_SECRET_KEY": "k" * 48,
+                                                 "COMMUNIQUE_METRICS_TOKEN": "m" * 32}, cwd=ROOT,
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     missing = subprocess.run(command, env=environ, cwd=ROOT, capture_output=True, text=True,

@@ -37,6 +37,10 @@ def scrape(client, headers=None) -> dict[tuple[str, tuple], float]:
     return samples
 
 
+OPS_TOKEN = "ops-token-0123456789"  # /readyz explains what is down only to its holder
+OPS_AUTH = {"Authorization": f"Bearer {OPS_TOKEN}"}
+
+
 @pytest.fixture
 def make_app():
     """create_app(settings) for settings the test chooses; engines disposed at the end."""
@@ -78,9 +82,9 @@ def test_readyz_unready_when_the_database_is_down(smtp_settings, tmp_path, datab
         url = f"sqlite:///{tmp_path}"  # a directory, not a database file
     else:
         url = f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
-    down = dataclasses.replace(smtp_settings, database_url=url)
+    down = dataclasses.replace(smtp_settings, database_url=url, metrics_token=OPS_TOKEN)
     started = time.monotonic()
-    response = make_app(down).test_client().get("/readyz")
+    response = make_app(down).test_client().get("/readyz", headers=OPS_AUTH)
     assert time.monotonic() - started < 5
     assert response.status_code == 503
     body = response.get_json()
@@ -91,8 +95,9 @@ def test_readyz_unready_when_the_database_is_down(smtp_settings, tmp_path, datab
 
 def test_readyz_unready_when_migrations_have_not_run(smtp_settings, tmp_path, make_app):
     """/readyz is 503 when the database answers but its schema is not at the newest migration."""
-    fresh = dataclasses.replace(smtp_settings, database_url=f"sqlite:///{tmp_path / 'new.db'}")
-    response = make_app(fresh).test_client().get("/readyz")
+    fresh = dataclasses.replace(smtp_settings, database_url=f"sqlite:///{tmp_path / 'new.db'}",
+                                metrics_token=OPS_TOKEN)
+    response = make_app(fresh).test_client().get("/readyz", headers=OPS_AUTH)
     assert response.status_code == 503
     assert "communique init" in response.get_json()["down"]["database"]
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from service.config import Settings
-from service.errors import Conflict, FieldError, ValidationError
+from service.errors import Conflict, FieldError, NotFound, ValidationError
 from service.models import Role, User
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,31 @@ def set_password(session: Session, user_id: int, password: str) -> None:
     user = session.get(User, user_id)
     if user is not None:
         user.password_hash = generate_password_hash(password)
+        end_sessions(user)
+
+
+def set_role(session: Session, user_id: int, role: Role | str) -> None:
+    """A new role; the user signs in again, so no page keeps rights it no longer has."""
+    if role not in set(Role):
+        raise ValidationError(FieldError("role", "must be admin, editor or sender"))
+    user = session.get(User, user_id)
+    if user is not None and user.role != role:
+        user.role = Role(role)
+        end_sessions(user)
+
+
+def set_active(session: Session, user_id: int, active: bool) -> None:
+    """Disable (or enable again) an account; disabling ends its sessions."""
+    user = session.get(User, user_id)
+    if user is not None and user.is_active != active:
+        user.is_active = active
+        end_sessions(user)
+
+
+def end_sessions(user: User) -> None:
+    """Every session cookie issued to this user so far stops working (see User.session_version)."""
+    user.session_version = (user.session_version or 0) + 1
+    log.info("user %s: sessions ended", user.id)
 
 
 def authenticate(session: Session, email: str, password: str, *, now: datetime) -> User | None:
@@ -71,6 +96,13 @@ def authenticate(session: Session, email: str, password: str, *, now: datetime) 
     if not check_password_hash(user.password_hash, password or ""):
         return None
     user.last_login_at = now
+    return user
+
+
+def get_user_by_email(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(func.lower(User.email) == (email or "").strip().lower()))
+    if user is None:
+        raise NotFound(f"no user with the address {email}")
     return user
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api.blueprint import bp
+from service.api.blueprint import bp, init_limits
 
-__all__ = ["bp", "init_app"]
+__all__ = ["bp", "init_app", "init_limits"]
 
 
 def init_app(app: Flask) -> None:

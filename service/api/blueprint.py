@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, g, json, request
+from flask_limiter import RateLimitExceeded
 
 from service.accounts.api_keys import has_scope, verify_api_key
 from service.api.openapi import Registry
+from service.config import Settings
 from service.db import utcnow
 from service.http.context import db_session
 from service.http.problems import (
@@ -19,6 +21,11 @@ from service.http.problems import (
     answer_unrouted_as_problems,
     problem,
 )
+from service.http.security import api_key_identity
+
+if TYPE_CHECKING:
+    from flask_limiter import Limiter
+    from werkzeug.sansio.response import Response as BaseResponse
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,17 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def init_limits(limiter: Limiter, settings: Settings) -> None:
+    """Every API request counts against its key and its client address; a request with a bad
+    key also against the address's failure limit. Over a limit: 429 problem with Retry-After."""
+    from flask_limiter.util import get_remote_address
+
+    limiter.limit(settings.api_rate_limit, key_func=api_key_identity, scope="api-key")(bp)
+    limiter.limit(settings.api_ip_rate_limit, key_func=get_remote_address, scope="api-address")(bp)
+    limiter.limit(settings.api_auth_failure_rate_limit, key_func=get_remote_address,
+                  scope="api-auth-failure", deduct_when=lambda response: response.status_code == 401)(bp)
 
 
 @bp.before_request
@@ -84,6 +102,11 @@ def _missing_scope(scope: str) -> Response:
 
 answer_errors_as_problems(bp)
 answer_unrouted_as_problems(bp, PREFIX)
+
+
+@bp.errorhandler(RateLimitExceeded)
+def _rate_limited(exc: RateLimitExceeded) -> BaseResponse:
+    return exc.get_response()  # the problem document http/security.py made, with Retry-After
 
 
 def actor() -> str:

@@ -1,4 +1,5 @@
-"""`communique users create|list`: web accounts (admin, editor, sender)."""
+"""`communique users create|list|set-password|set-role|disable|enable`: web accounts (admin,
+editor, sender). Changing a password or role, or disabling, ends the user's web sessions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import sys
 
 import click
 
-from service.accounts.users import create_user, list_users
+from service.accounts.users import (
+    create_user,
+    get_user_by_email,
+    list_users,
+    set_active,
+    set_password,
+    set_role,
+)
 from service.cli.context import Context, emit, json_option, pass_context
 from service.db import utcnow
 from service.models import Role
@@ -56,3 +64,49 @@ def list_(context: Context, as_json: bool) -> None:
                  "last_login_at": u.last_login_at.isoformat() if u.last_login_at else None}
                 for u in list_users(session)]
     emit(rows, as_json, "\n".join(f"{r['id']}\t{r['email']}\t{r['role']}" for r in rows) or "no users")
+
+
+@users.command("set-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_context
+def set_password_(context: Context, email: str, password_stdin: bool) -> None:
+    """A new password; the user's open sessions end."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with context.session() as session:
+        set_password(session, get_user_by_email(session, email).id, password)
+    click.echo(f"{email}: password changed, sessions ended")
+
+
+@users.command("set-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice([r.value for r in Role]))
+@pass_context
+def set_role_(context: Context, email: str, role: str) -> None:
+    """A new role; the user's open sessions end."""
+    with context.session() as session:
+        set_role(session, get_user_by_email(session, email).id, Role(role))
+    click.echo(f"{email}: role {role}")
+
+
+@users.command("disable")
+@click.argument("email")
+@pass_context
+def disable(context: Context, email: str) -> None:
+    """The account can no longer sign in; its open sessions end."""
+    with context.session() as session:
+        set_active(session, get_user_by_email(session, email).id, False)
+    click.echo(f"{email}: disabled, sessions ended")
+
+
+@users.command("enable")
+@click.argument("email")
+@pass_context
+def enable(context: Context, email: str) -> None:
+    """A disabled account may sign in again."""
+    with context.session() as session:
+        set_active(session, get_user_by_email(session, email).id, True)
+    click.echo(f"{email}: enabled")

@@ -218,23 +218,34 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    """Which checks are down for anyone (a probe needs no more); why, only for a caller with the
+    metrics token: error texts name hosts, ports and versions."""
     result = _ops().readiness.current()
     down = {name: problem for name, problem in result.items() if problem is not None}
     if down:
-        return jsonify(status="unavailable", down=down), 503
+        if _has_metrics_token():
+            return jsonify(status="unavailable", down=down), 503
+        return jsonify(status="unavailable", down=sorted(down)), 503
     return jsonify(status="ok", checks=sorted(result)), 200
+
+
+def _has_metrics_token() -> bool:
+    """The request carries `Authorization: Bearer <COMMUNIQUE_METRICS_TOKEN>` (never true when no
+    token is set; production refuses to start without one)."""
+    from service.http.context import current_settings
+
+    token = current_settings().metrics_token
+    given = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 @bp.get("/metrics")
 def metrics() -> Response | tuple[Response, int, dict[str, str]]:
     from service.http.context import current_settings
 
-    token = current_settings().metrics_token
-    if token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return (jsonify(errors=[{"reason": "a valid bearer token is required"}]), 401,
-                    {"WWW-Authenticate": 'Bearer realm="metrics"'})
+    if current_settings().metrics_token and not _has_metrics_token():
+        return (jsonify(errors=[{"reason": "a valid bearer token is required"}]), 401,
+                {"WWW-Authenticate": 'Bearer realm="metrics"'})
     try:
         body = generate_latest(_ops().registry)
     except SQLAlchemyError as exc:

@@ -26,8 +26,13 @@ def init_app(app: Flask) -> None:
 
     csrf.init_app(app)
     i18n.init_app(app)
-    # Per app (so tests do not share counts): ten failures per address, fifty per client address.
-    app.extensions["login_throttles"] = (auth.LoginThrottle(limit=10), auth.LoginThrottle(limit=50))
+    # In the app's rate-limit store (create_app sets it up first): failures per account *and*
+    # client address, so a guesser elsewhere cannot lock the owner out; and per client address.
+    settings = app.extensions["communique"].settings
+    storage = app.extensions["communique_limiter"].storage
+    app.extensions["login_throttles"] = (
+        auth.LoginThrottle(storage, "login-account", settings.login_failure_limit),
+        auth.LoginThrottle(storage, "login-address", settings.login_ip_failure_limit))
     app.register_blueprint(bp)
     app.context_processor(_template_globals)
     app.register_error_handler(CSRFError, _csrf_error)

@@ -23,19 +23,20 @@ log = logging.getLogger(__name__)
 def login() -> Response | str | tuple[str, int]:
     form = LoginForm(next=request.args.get("next", ""))
     if form.validate_on_submit():
-        by_address, by_client = current_app.extensions["login_throttles"]
-        address, client = form.email.data.lower(), str(request.remote_addr)
-        if by_address.is_blocked(address) or by_client.is_blocked(client):
+        by_account, by_client = current_app.extensions["login_throttles"]
+        client = str(request.remote_addr)  # the real client behind COMMUNIQUE_TRUSTED_PROXIES
+        account = f"{form.email.data.strip().lower()} {client}"
+        if by_account.is_blocked(account) or by_client.is_blocked(client):
             form.password.errors = [_("Too many failed attempts. Wait a few minutes and try again.")]
             return render_template("login.html", form=form), 429
         user = accounts.authenticate(db_session(), form.email.data, form.password.data, now=utcnow())
         if user is None:
-            by_address.record_failure(address)
+            by_account.record_failure(account)
             by_client.record_failure(client)
             log.info("login failed from %s", request.remote_addr)
             form.password.errors = [_("Wrong email address or password.")]
             return render_template("login.html", form=form), 401
-        by_address.reset(address)
+        by_account.reset(account)
         db_session().commit()
         login_user(user)
         log.info("user %s: logged in", user.id)

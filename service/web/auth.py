@@ -1,68 +1,63 @@
 """Session sign-in for the web pages: the signed-in user, login/logout, view decorators, and
-the in-memory throttle on failed logins."""
+the throttle on failed logins."""
 
 from __future__ import annotations
 
 import functools
-import threading
-import time
+import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from limits import RateLimitItemPerSecond
+from limits.storage import Storage
+from limits.strategies import MovingWindowRateLimiter
+
+from service.accounts.users import end_sessions
 from service.models import User
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class LoginThrottle:
-    """At most `limit` failed logins per key (address or client IP) in `window_seconds`.
+    """At most `limit` failed logins per key in `window_seconds` (a moving window).
 
-    In memory, per process: enough to slow a guesser on the single-process server; behind
-    gunicorn each worker counts on its own, which still bounds the rate."""
+    The counts live in the rate-limit store (memory, or Redis shared by every gunicorn worker).
+    Keys are hashed: no address is stored as typed."""
 
-    def __init__(self, limit: int = 10, window_seconds: float = 300.0) -> None:
-        self.limit = limit
-        self.window_seconds = window_seconds
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, storage: Storage, name: str, limit: int, window_seconds: int = 300) -> None:
+        self.name = name
+        self._item = RateLimitItemPerSecond(limit, window_seconds)
+        self._limiter = MovingWindowRateLimiter(storage)
 
-    def _recent(self, key: str, now: float) -> list[float]:
-        kept = [t for t in self._failures.get(key, []) if now - t < self.window_seconds]
-        if kept:
-            self._failures[key] = kept
-        else:
-            self._failures.pop(key, None)
-        return kept
+    def _id(self, key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def is_blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            return any(len(self._recent(k, now)) >= self.limit for k in keys)
+        return any(not self._limiter.test(self._item, self.name, self._id(k)) for k in keys)
 
     def record_failure(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now)
-                self._failures.setdefault(key, []).append(now)
+        for key in keys:
+            self._limiter.hit(self._item, self.name, self._id(key))
 
     def reset(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
-
+        for key in keys:
+            self._limiter.clear(self._item, self.name, self._id(key))
 
 
 def current_user() -> User | None:
+    """The signed-in user, or None. The cookie names the user and the session version it was
+    issued for: a logout, password, role or active change raised the version and ends it. Idle
+    sessions end with the cookie's signed age (PERMANENT_SESSION_LIFETIME, refreshed each request)."""
     from flask import g, session
 
     if "user" not in g:
         from service.http.context import db_session
 
-        user_id = session.get("user_id")
+        user_id, version = session.get("user_id"), session.get("session_version")
         user = db_session().get(User, user_id) if isinstance(user_id, int) else None
-        if user is not None and not user.is_active:
+        if user is not None and (not user.is_active or version != user.session_version):
             user = None
+            session.clear()
         g.user = user
     return g.user  # type: ignore[no-any-return]
 
@@ -72,13 +67,22 @@ def login_user(user: User) -> None:
 
     session.clear()  # a fresh session on login: no fixation
     session["user_id"] = user.id
+    session["session_version"] = user.session_version
     session.permanent = True
     g.user = user
 
 
 def logout_user() -> None:
+    """Ends the user's sessions server-side (every device: the version is per user), not only
+    this cookie, so a copied cookie is worthless after logout."""
     from flask import g, session
 
+    from service.http.context import db_session
+
+    user = current_user()
+    if user is not None:
+        end_sessions(user)
+        db_session().commit()
     session.clear()
     g.pop("user", None)
 

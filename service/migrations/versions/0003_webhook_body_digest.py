@@ -1,14 +1,14 @@
 """webhook deliveries remember a digest of the body they answered, so a webhook-id reused with
 another body is refused (409) instead of silently answered with the first delivery's result
 
-Revision ID: 0003_webhook_body
+Revision ID: 0003
 Revises: 0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003_webhook_body'
+revision = '0003'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
