@@ -253,6 +253,8 @@ class Blast(Base):
     # Whoever already received the release (any variant) is left out unless this was asked for.
     include_already_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     already_sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Every message carries the release (its recipient's language variant) as a PDF.
+    attach_pdf: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     approved_by: Mapped[str | None] = mapped_column(String(320))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     approved_hash: Mapped[str | None] = mapped_column(String(64))  # the content approved

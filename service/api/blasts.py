@@ -35,6 +35,9 @@ BLAST_CREATE = {
             "type": "boolean", "default": False,
             "description": "also send to contacts who already received this release (in any "
                            "language); they are left out by default and counted in already_sent_count"},
+        "attach_pdf": {"type": "boolean", "default": False,
+                       "description": "attach the release as a PDF (the recipient's language "
+                                      "variant) to every message"},
     },
 }
 SCHEDULE = {"type": "object", "additionalProperties": False, "required": ["send_at"],
@@ -48,7 +51,7 @@ BLAST = registry.schema("Blast", {
         "filters": {"type": "object"}, "recipient_count": {"type": "integer"},
         "needs_approval": {"type": "boolean"}, "paused_reason": {"type": ["string", "null"]},
         "include_already_sent": {"type": "boolean"}, "already_sent_count": {"type": "integer"},
-        "resend_of_id": {"type": ["integer", "null"]},
+        "attach_pdf": {"type": "boolean"}, "resend_of_id": {"type": ["integer", "null"]},
         **{name: _DATE_TIME for name in ("send_at", "start_before", "stop_after", "started_at",
                                           "finished_at", "approved_at", "created_at")},
     },
@@ -79,7 +82,7 @@ def blast_json(blast: Blast) -> dict[str, Any]:
             "lists": sorted(c.name for c in blast.lists), "filters": blast.filters or {},
             "recipient_count": blast.recipient_count, "needs_approval": blast.needs_approval,
             "include_already_sent": blast.include_already_sent,
-            "already_sent_count": blast.already_sent_count,
+            "already_sent_count": blast.already_sent_count, "attach_pdf": blast.attach_pdf,
             "paused_reason": blast.paused_reason, "resend_of_id": blast.resend_of_id,
             **{name: iso(getattr(blast, name)) for name in (
                 "send_at", "start_before", "stop_after", "started_at", "finished_at",
@@ -127,7 +130,8 @@ def create_blast(body: dict[str, Any]) -> Response:
             filters=body.get("filters"), send_at=_when(body, "send_at"),
             start_before=_when(body, "start_before"), stop_after=_when(body, "stop_after"),
             actor=actor(), now=utcnow(), schedule=body.get("schedule", True),
-            include_already_sent=body.get("include_already_sent", False))
+            include_already_sent=body.get("include_already_sent", False),
+            attach_pdf=body.get("attach_pdf", False))
     session.commit()
     return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})
 

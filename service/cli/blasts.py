@@ -56,12 +56,14 @@ def blasts() -> None:
 @click.option("--tag", multiple=True, help="Only contacts with any of these tags (repeatable).")
 @click.option("--include-already-sent", is_flag=True,
               help="Also send to contacts who already received this release (left out by default).")
+@click.option("--attach-pdf", is_flag=True,
+              help="Attach the release as a PDF (in each recipient's language) to every message.")
 @json_option
 @pass_context
 def create(context: Context, release_id: int, list_names: tuple[str, ...], send_at: str | None,
            start_before: str | None, stop_after: str | None, language: tuple[str, ...],
            country: tuple[str, ...], media_type: tuple[str, ...], tag: tuple[str, ...],
-           include_already_sent: bool, as_json: bool) -> None:
+           include_already_sent: bool, attach_pdf: bool, as_json: bool) -> None:
     """Create a blast; without --at it starts now. Contacts who already received the release
     (in any language) are left out unless --include-already-sent."""
     filters = {k: list(v) for k, v in (("languages", language), ("countries", country),
@@ -72,14 +74,15 @@ def create(context: Context, release_id: int, list_names: tuple[str, ...], send_
                                  filters=filters, send_at=_parse_time(send_at, context, "at"),
                                  start_before=_parse_time(start_before, context, "start_before"),
                                  stop_after=_parse_time(stop_after, context, "stop_after"),
-                                 actor=ACTOR, now=utcnow(), include_already_sent=include_already_sent)
+                                 actor=ACTOR, now=utcnow(), include_already_sent=include_already_sent,
+                                 attach_pdf=attach_pdf)
         except ValidationError as exc:
             past = [e for e in exc.errors if e.field == "send_at"]
             if past:  # a usage error: exit status 2, like any bad option
                 raise click.BadParameter(past[0].reason, param_hint="'--at'") from exc
             raise
         data = {"id": blast.id, "status": str(blast.status), "recipients": blast.recipient_count,
-                "already_sent": blast.already_sent_count}
+                "already_sent": blast.already_sent_count, "attach_pdf": blast.attach_pdf}
         when = blast.send_at.isoformat() if blast.send_at else "now"
     left_out = ""
     if data["already_sent"]:

@@ -270,8 +270,9 @@ def create_blast(session: Session, settings: Settings, *, release_id: int, list_
                  start_before: datetime | None = None, stop_after: datetime | None = None,
                  actor: str | None = None, now: datetime, resend_of_id: int | None = None,
                  schedule: bool = True, actor_role: str | None = None,
-                 include_already_sent: bool = False) -> Blast:
-    """Create a blast. Without `send_at` it starts now (its ledger rows exist on return). With
+                 include_already_sent: bool = False, attach_pdf: bool = False) -> Blast:
+    """Create a blast; with `attach_pdf` every message carries the release as a PDF. Without
+    `send_at` it starts now (its ledger rows exist on return). With
     `schedule=False`, or an editor's blast when approval is required, it stays a draft.
     Contacts who already received the release (any variant, any blast) are left out unless
     `include_already_sent`; `blast.already_sent_count` says how many. A blast that would reach
@@ -298,7 +299,8 @@ def create_blast(session: Session, settings: Settings, *, release_id: int, list_
     blast = Blast(release_id=release_id, status=BlastStatus.draft, send_at=when, start_before=start_before,
                   stop_after=stop_after, filters=clean_filters(filters), resend_of_id=resend_of_id,
                   needs_approval=needs_approval, created_by=actor, created_at=now, updated_at=now,
-                  include_already_sent=include_already_sent, already_sent_count=already)
+                  include_already_sent=include_already_sent, already_sent_count=already,
+                  attach_pdf=attach_pdf)
     blast.lists = lists
     session.add(blast)
     session.flush()
@@ -542,7 +544,8 @@ def resend_to_unsent(session: Session, settings: Settings, blast_id: int, *, act
                        "cancelled or expired")
     return create_blast(session, settings, release_id=original.release_id,
                         list_names=[c.name for c in original.lists], filters=original.filters,
-                        send_at=send_at, actor=actor, now=now, resend_of_id=original.id)
+                        send_at=send_at, actor=actor, now=now, resend_of_id=original.id,
+                        attach_pdf=original.attach_pdf)
 
 
 def cancel_unsent(session: Session, blast_id: int, *, now: datetime) -> int:

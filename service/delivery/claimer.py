@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,7 @@ from service.delivery.queue import (
 )
 from service.errors import NotFound, RenderError
 from service.logs import log_context
+from service.models import Blast
 from service.rendering.prepare import PreparedRelease, prepare_release
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,8 @@ class Claimer:
 
     def _prepare(self, session: Session, blast_id: int, release_id: int) -> Prepared:
         try:
-            return Prepared(prepare_release(session, release_id, self.settings))
+            attach_pdf = bool(session.scalar(select(Blast.attach_pdf).where(Blast.id == blast_id)))
+            return Prepared(prepare_release(session, release_id, self.settings, attach_pdf=attach_pdf))
         except (NotFound, RenderError) as exc:
             log.error("blast %s: release %s cannot be prepared: %s", blast_id, release_id, exc)
             return Prepared(None, f"the release cannot be rendered: {exc}")

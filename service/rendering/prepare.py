@@ -3,7 +3,7 @@
 CONTRACT (used by delivery, web, api, cli; keep these names and signatures):
     Recipient                          frozen dataclass of the personal fields
     Recipient.from_contact(contact)    build one from a models.Contact
-    prepare_release(session, release_id, settings) -> PreparedRelease
+    prepare_release(session, release_id, settings, *, attach_pdf=False) -> PreparedRelease
     PreparedRelease.render(recipient, *, message_id, now, test=False, blast_id=None) -> RenderedMessage
     PreparedRelease.render_bytes(recipient, *, message_id, now, test=False, blast_id=None) -> bytes
         (hot path)
@@ -14,6 +14,8 @@ prepare_release compiles the templates, renders every part that is the same for 
 inlines the CSS and builds the MIME skeleton of each language variant once; a template or
 variable error raises RenderError there (preview, validation, blast start), never mid-blast.
 render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Message-ID, Date).
+With attach_pdf, each variant's PDF (rendering/pdf.py, cached on disk) is encoded into its
+skeleton here, once: the worker copies those bytes like any other attachment.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from service.contacts.fields import PRINTED_FIELDS
 from service.errors import NotFound, RenderError
 from service.models import Release
 from service.releases.markdown import TEXT_WIDTH, html_to_text, markdown_to_html, plain_text
-from service.rendering import mime
+from service.rendering import mime, pdf
 from service.rendering.email_templates import TEMPLATES
 from service.rendering.recipient import Recipient
 from service.rendering.unsubscribe import TokenMaker
@@ -200,9 +202,10 @@ def _dkim_sign(raw: bytes, selector: bytes, domain: bytes, key: bytes) -> bytes:
 # ---- preparing a release ------------------------------------------------------------------
 
 def prepare_release(session: Session, release_id: int, settings: Settings, *,
-                    now: datetime | None = None) -> PreparedRelease:
+                    now: datetime | None = None, attach_pdf: bool = False) -> PreparedRelease:
     """Load the release and its language variants and build each variant's skeleton once.
-    With `now` past the embargo, the embargo notice is left out."""
+    With `now` past the embargo, the embargo notice is left out (of the PDF too). With
+    `attach_pdf`, each variant carries its own PDF as an attachment."""
     release = session.get(Release, release_id)
     if release is None:
         raise NotFound(f"release {release_id} does not exist")
@@ -217,7 +220,7 @@ def prepare_release(session: Session, release_id: int, settings: Settings, *,
         if language in variants and member.id != release.id:
             continue
         variants[language] = _prepare_variant(member, settings, now=now,
-                                              sender=(from_name, from_address))
+                                              sender=(from_name, from_address), attach_pdf=attach_pdf)
     dkim_key = None
     chosen = dkim_key_for(settings, from_address)
     if chosen is not None:
@@ -415,7 +418,7 @@ def _inline_css(source: str) -> str:
 
 
 def _prepare_variant(release: Release, settings: Settings, *, now: datetime | None,
-                     sender: tuple[str, str]) -> Variant:
+                     sender: tuple[str, str], attach_pdf: bool = False) -> Variant:
     context = release_context(release, settings, now=now, sender=sender)
     context.update(_personal_markers())
     html_body, text_body = render_templates(context)
@@ -437,6 +440,10 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
         one_click = b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
     attachments = [mime.attachment_part(a.filename, a.content_type, _read_attachment(settings, a.path))
                    for a in release.attachments]
+    if attach_pdf:
+        data = pdf.release_pdf(release, settings, release_context(release, settings, now=now,
+                                                                  sender=sender), now=now)
+        attachments.append(mime.attachment_part(pdf.pdf_filename(release), pdf.CONTENT_TYPE, data))
     tail = mime.assemble_tail(
         static_headers=one_click,
         text_pieces=mime.compile_body(text_body), html_pieces=mime.compile_body(html_body, html=True),

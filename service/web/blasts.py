@@ -143,7 +143,8 @@ def blast_new(release_id: int) -> ResponseReturnValue:
     blast = _blasts().create_blast(session, settings, release_id=release.id, list_names=lists,
                                    filters=filters, send_at=send_at, start_before=start_before,
                                    stop_after=stop_after, actor=user.email, actor_role=user.role,
-                                   now=now, schedule=may_schedule, include_already_sent=include)
+                                   now=now, schedule=may_schedule, include_already_sent=include,
+                                   attach_pdf=bool(form.attach_pdf.data))
     session.commit()
     if blast.status == BlastStatus.draft:
         flash(_("Blast saved. A sender must approve it before it is sent."), "info")

@@ -208,4 +208,5 @@ class ScheduleForm(FlaskForm):
                                     validators=[Optional()])
     send_now = BooleanField("Send now")
     include_already_sent = BooleanField("Include them anyway")
+    attach_pdf = BooleanField("Attach the release as a PDF")
     confirmed = HiddenField()

@@ -369,4 +369,9 @@ FR: dict[str, str] = {
     "Scheduled for %(time)s": "Programmé le %(time)s",
     "Sent on %(date)s to %(count)s recipients": "Envoyé le %(date)s à %(count)s destinataires",
     "Variant:": "Version :",
+    # the release as a PDF (issue 17)
+    "Attach the release as a PDF": "Joindre le communiqué en PDF",
+    "Each recipient gets the release in their language as a PDF, made once per language.":
+        "Chaque destinataire reçoit le communiqué en PDF dans sa langue, produit une fois par langue.",
+    "The release as a PDF": "Le communiqué en PDF",
 }

@@ -13,7 +13,9 @@ from werkzeug.wrappers import Response
 from service.db import utcnow
 from service.errors import NotFound
 from service.http.context import current_settings, db_session
+from service.models import Release
 from service.releases.store import get_release, has_started_blast
+from service.rendering import pdf
 from service.rendering.email_templates import TEMPLATES as EMAIL_TEMPLATES
 from service.rendering.prepare import release_context
 from service.rendering.unsubscribe import contact_for_token, token_fingerprint, unsubscribe_by_token
@@ -47,10 +49,9 @@ def init_app(app: Flask) -> None:
     csrf.exempt(unsubscribe)
 
 
-@bp.get("/r/<slug>")
-def show_release(slug: str) -> str:
+def _public_release(slug: str) -> Release:
+    """The release the public may see, else 404: sending started and the embargo lifted."""
     session = db_session()
-    settings = current_settings()
     try:
         release = get_release(session, slug)
     except NotFound:
@@ -59,8 +60,25 @@ def show_release(slug: str) -> str:
         abort(404)
     if not has_started_blast(session, release):  # a draft, or only blasts that never started
         abort(404)
-    context = release_context(release, settings, now=utcnow())
+    return release
+
+
+@bp.get("/r/<slug>")
+def show_release(slug: str) -> str:
+    release = _public_release(slug)
+    context = release_context(release, current_settings(), now=utcnow())
     return render_template("public/release.html", language=context["release"]["language"], **context)
+
+
+@bp.get("/r/<slug>.pdf")
+def release_pdf(slug: str) -> Response:
+    """The web copy laid out for print, under the same rule; rendered once per version."""
+    release = _public_release(slug)
+    settings, now = current_settings(), utcnow()
+    data = pdf.release_pdf(release, settings, release_context(release, settings, now=now), now=now)
+    response = Response(data, mimetype=pdf.CONTENT_TYPE)
+    response.headers["Content-Disposition"] = f'inline; filename="{pdf.pdf_filename(release)}"'
+    return response
 
 
 def _page_language(contact_language: str | None) -> str:
