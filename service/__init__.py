@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from service.config import Settings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # flask is imported by create_app only: CLI commands and the worker start faster
     from flask import Flask
@@ -48,4 +51,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     csrf.exempt(webhook.bp)
     api.init_limits(limiter, settings)
     security.init_app(app, settings)  # after the blueprints: the email pages get their own policy
+    for warning in settings.startup_warnings():  # the worker says it too
+        log.warning("%s", warning)
     return app

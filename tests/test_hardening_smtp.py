@@ -342,3 +342,16 @@ def test_message_ids_are_opaque_and_kept_by_the_ledger(db, smtp_settings, smtpd)
         assert re.fullmatch(r"<[0-9a-f]{32}@onmt\.example\.org>", message_id), message_id
         assert smtpd.handler.received_by(address)[0].message()["Message-ID"] == message_id
     assert len(set(rows.values())) == 5
+
+
+def test_production_with_an_http_base_url_warns_at_web_start(settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The web app says it too at start-up: in production an http base URL means no one-click
+    unsubscribe (RFC 8058 needs https)."""
+    from service import create_app
+
+    production = dataclasses.replace(settings, env="production", base_url="http://press.example.org",
+                                     metrics_token="t" * 32)
+    caplog.set_level(logging.WARNING, logger="service")
+    app = create_app(production)
+    app.extensions["communique"].engine.dispose()
+    assert any("BASE_URL is not https" in r.getMessage() for r in caplog.records if r.name == "service")
