@@ -1,14 +1,13 @@
 """VERP envelope senders: `<local>+<blast>-<contact>-<signature>@<domain>` names one ledger row.
 
 The token is lowercase letters, digits and "-" only, so it survives MTAs that lower-case or
-otherwise normalise local parts; the signature is HMAC-SHA256 truncated to 80 bits (base32), with
+otherwise normalise local parts; the signature is HMAC-SHA256 truncated to 80 bits (hex), with
 a key derived once from the secret key: one `hmac.digest` per message, cheap enough for the
 worker's hot path (like TokenMaker's unsubscribe tokens).
 """
 
 from __future__ import annotations
 
-import base64
 import hmac
 import re
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ from dataclasses import dataclass
 from service.config import Settings
 
 SALT = b"communique.verp"
-_SIGNATURE_BYTES = 10  # 80 bits: 16 base32 characters
-_TOKEN = re.compile(r"([0-9]{1,18})-([0-9]{1,18})-([a-z2-7]{16})")
+_SIGNATURE_BYTES = 10  # 80 bits: 20 hex digits (hex: half the cost of base32 per message)
+_TOKEN = re.compile(r"([0-9]{1,18})-([0-9]{1,18})-([0-9a-f]{20})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +30,7 @@ def _key(settings: Settings) -> bytes:
 
 
 def _signature(key: bytes, data: bytes) -> str:
-    digest = hmac.digest(key, data, "sha256")[:_SIGNATURE_BYTES]
-    return base64.b32encode(digest).decode("ascii").lower()
+    return hmac.digest(key, data, "sha256")[:_SIGNATURE_BYTES].hex()
 
 
 class VerpMaker:
