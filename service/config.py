@@ -90,6 +90,11 @@ class Settings:
     smtp_allow_plaintext_auth: bool = False  # AUTH without TLS to a relay off loopback
     dkim_keys: str = ""  # per From domain: "domain=selector:/path/key.pem,..." or a folder
 
+    # ---- inbound mail (issue 15): bounces, complaints, unsubscribes by mail, replies -----------
+    bounce_address: str = ""  # VERP envelope sender base, e.g. bounces@press.example.org; off when empty
+    soft_bounce_limit: int = 3  # temporary failures on separate blasts before a contact is bounced
+    inbound_max_bytes: int = 10 * 1024 * 1024  # largest message the inbound listener accepts
+
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -201,6 +206,7 @@ class Settings:
         if bool(self.dkim_selector) != bool(self.dkim_private_key_path):
             fail("dkim_selector", "DKIM needs both a selector and COMMUNIQUE_DKIM_PRIVATE_KEY_PATH")
         self._validate_smtp_hardening(fail)
+        self._validate_inbound(fail)
         if self.env == "production" and len(self.secret_key) < 32:
             fail("secret_key", "production needs a random secret of at least 32 characters")
         self._validate_hardening(fail)
@@ -225,6 +231,18 @@ class Settings:
         if self.env == "production" and len(self.metrics_token) < 16:
             fail("metrics_token", "production needs a bearer token of at least 16 characters "
                                   "for /metrics and /readyz details")
+
+    def _validate_inbound(self, fail: Callable[[str, str], None]) -> None:
+        if self.bounce_address:
+            local, _, domain = self.bounce_address.rpartition("@")
+            if (not local or "." not in domain or "+" in local or not self.bounce_address.isascii()
+                    or any(c in self.bounce_address for c in " <>\r\n\"")):
+                fail("bounce_address", "must be a plain ASCII address without '+', such as "
+                     "bounces@press.example.org")
+        if self.soft_bounce_limit < 1:
+            fail("soft_bounce_limit", "must be at least 1")
+        if self.inbound_max_bytes < 1024:
+            fail("inbound_max_bytes", "must be at least 1024 bytes")
 
     def _validate_smtp_hardening(self, fail: Any) -> None:
         if self.smtp_data_timeout_seconds <= 0:

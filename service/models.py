@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -72,6 +73,18 @@ class DeliveryOutcome(StrEnum):
     deferred = "deferred"
     failed = "failed"
     bounced = "bounced"
+
+
+class InboundKind(StrEnum):
+    """What a message that came back is (service/inbound/classify.py)."""
+
+    hard_bounce = "hard_bounce"
+    soft_bounce = "soft_bounce"
+    complaint = "complaint"
+    unsubscribe = "unsubscribe"
+    auto_reply = "auto_reply"
+    reply = "reply"
+    not_understood = "not_understood"
 
 
 class Role(StrEnum):
@@ -398,3 +411,32 @@ class OutgoingEvent(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
+
+
+class InboundMessage(Base):
+    """One message that came back to the bounce/reply domain, with what it was, whom its verified
+    VERP token named (none when it did not verify), what was done about it, and the raw message as
+    evidence (bounded by COMMUNIQUE_INBOUND_MAX_BYTES)."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (Index("ix_inbound_messages_contact_kind", "contact_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), index=True)
+    blast_id: Mapped[int | None] = mapped_column(ForeignKey("blasts.id", ondelete="SET NULL"),
+                                                 index=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
+    queued_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("queued_messages.id", ondelete="SET NULL"))
+    envelope_from: Mapped[str | None] = mapped_column(String(320))
+    envelope_to: Mapped[str] = mapped_column(String(320))
+    from_address: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    dsn_status: Mapped[str | None] = mapped_column(String(20))  # e.g. 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(300))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw_size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = _created()

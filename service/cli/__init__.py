@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # imported: `communique worker` does not pay for the web stack (bench/RESULTS.md).
 # A module not listed here is imported eagerly, as before.
 COMMAND_MODULES = {"api-keys": "api_keys", "blasts": "blasts", "worker": "worker",
-                   "contacts": "contacts", "lists": "contacts", "releases": "releases",
+                   "contacts": "contacts", "lists": "contacts", "releases": "releases", "inbound": "inbound",
                    "preview": "releases", "serve": "serve", "users": "users", "webhook": "webhook"}
 
 

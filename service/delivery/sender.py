@@ -148,7 +148,7 @@ class Sender:
         prepared = self._prepared.get(job.blast_id)
         if job.blast_id in self._running and prepared is not None and prepared.release is not None:
             following.data = self._render(job)
-            following.envelope_from = prepared.release.envelope_from
+            following.envelope_from = prepared.release.envelope_for(job.blast_id, job.contact_id)
         return following
 
     async def _deliver(self, connection: SmtpConnection, job: Claimed, previous: asyncio.Future[None] | None,
@@ -167,7 +167,8 @@ class Sender:
         chained = carried is not None and carried.domain_held
         started = time.perf_counter()
         # Read before the first await: the claimer may forget a paused blast's release.
-        envelope_from = self._prepared[job.blast_id].release.envelope_from  # type: ignore[union-attr]
+        envelope_from = self._prepared[job.blast_id].release.envelope_for(  # type: ignore[union-attr]
+            job.blast_id, job.contact_id)
         domain = recipient_domain(job.email)
         if chained and previous is not None:
             # Its content goes only once the previous result is committed (the rule of `send`):

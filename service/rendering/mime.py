@@ -231,10 +231,15 @@ class Skeleton:
                       [dot_stuff(piece) if isinstance(piece, bytes) else piece for piece in self.tail])
 
     def build(self, *, to: str, date: str, message_id: str, unsubscribe_url: str, test: bool,
-              values: Mapping[str, str], html_values: Mapping[str, str], wire: bool = False) -> bytes:
-        from_line, subject_line, test_subject_line, middle_headers, mailto, tail = (
+              values: Mapping[str, str], html_values: Mapping[str, str], wire: bool = False,
+              mailto: bytes | None = None) -> bytes:
+        """`mailto`, when given, replaces the skeleton's close of List-Unsubscribe (a per-message
+        VERP address; it starts with ">," and folds with a space, so needs no dot-stuffing)."""
+        from_line, subject_line, test_subject_line, middle_headers, own_mailto, tail = (
             self._wire if wire else (self.from_line, self.subject_line, self.test_subject_line,
                                      self.middle_headers, self.mailto, self.tail))
+        if mailto is None:
+            mailto = own_mailto
         out = [b"Date: ", date.encode("ascii"), CRLF, from_line,
                b"To: ", to.encode("ascii"), CRLF,
                test_subject_line if test else subject_line,

@@ -7,7 +7,9 @@ CONTRACT (used by delivery, web, api, cli; keep these names and signatures):
     PreparedRelease.render(recipient, *, message_id, now, test=False, blast_id=None) -> RenderedMessage
     PreparedRelease.render_bytes(recipient, *, message_id, now, test=False, blast_id=None) -> bytes
         (hot path)
-    PreparedRelease.envelope_from -> str   (MAIL FROM address)
+    PreparedRelease.envelope_from -> str   (MAIL FROM address without a ledger row: test sends)
+    PreparedRelease.envelope_for(blast_id, contact_id) -> str   (a ledger row's MAIL FROM: VERP
+        with COMMUNIQUE_BOUNCE_ADDRESS, else envelope_from)
     new_message_id(settings) -> str        ("<...@domain>")
 
 prepare_release compiles the templates, renders every part that is the same for all recipients,
@@ -48,6 +50,7 @@ from service.rendering import mime, pdf
 from service.rendering.email_templates import TEMPLATES
 from service.rendering.recipient import Recipient
 from service.rendering.unsubscribe import TokenMaker
+from service.rendering.verp import VerpMaker
 from service.rendering.words import STRINGS, embargo_notice, greeting_for, human_size, language_of
 
 log = logging.getLogger(__name__)
@@ -90,10 +93,26 @@ class PreparedRelease:
     tokens: TokenMaker
     dkim: tuple[bytes, bytes, bytes] | None = None  # selector, domain, private key
     warnings: tuple[str, ...] = ()
+    verp: VerpMaker | None = None  # with COMMUNIQUE_BOUNCE_ADDRESS
 
     @functools.cached_property
     def envelope_from(self) -> str:
+        if self.verp is not None:
+            return self.verp.address
         return mime.ascii_address(self.from_address)
+
+    def envelope_for(self, blast_id: int | None, contact_id: int | None) -> str:
+        """The MAIL FROM of one ledger row: its VERP address when bounces come back to us."""
+        if self.verp is None or blast_id is None or contact_id is None:
+            return self.envelope_from
+        return self.verp.envelope(blast_id, contact_id)
+
+    def _mailto(self, recipient: Recipient, blast_id: int | None) -> bytes | None:
+        """The per-message close of List-Unsubscribe (VERP), None for the skeleton's own."""
+        if self.verp is None or blast_id is None or recipient.contact_id is None:
+            return None
+        address = self.verp.envelope(blast_id, recipient.contact_id)
+        return f">,{mime.FOLD}<mailto:{address}?subject=unsubscribe>\r\n".encode("ascii")
 
     @property
     def subject(self) -> str:
@@ -125,7 +144,7 @@ class PreparedRelease:
             to=mime.format_address(recipient.full_name, recipient.email),
             date=_date_header(now), message_id=message_id, unsubscribe_url=url, test=test,
             values=values, html_values={k: html.escape(values[k]) for k in skeleton.html_fields},
-            wire=wire and dkim is None)
+            wire=wire and dkim is None, mailto=self._mailto(recipient, blast_id))
         if dkim is not None:
             raw = _dkim_sign(raw, *dkim)  # the signature covers the message, not its wire form
             if wire:
@@ -140,10 +159,11 @@ class PreparedRelease:
         raw = self.render_bytes(recipient, message_id=message_id, now=now, test=test,
                                 blast_id=blast_id)
         subject = f"[TEST] {variant.subject}" if test else variant.subject
+        mailto = self.envelope_for(blast_id, recipient.contact_id)
         headers = {"Date": format_datetime(now), **variant.static_headers,
                    "To": mime.unfold(mime.format_address(recipient.full_name, recipient.email)),
                    "Subject": subject, "Message-ID": message_id,
-                   "List-Unsubscribe": f"<{url}>, <mailto:{self.envelope_from}?subject=unsubscribe>"}
+                   "List-Unsubscribe": f"<{url}>, <mailto:{mailto}?subject=unsubscribe>"}
         escaped = {k: html.escape(v) for k, v in values.items()}
         return RenderedMessage(subject, mime.fill_text(variant.html, escaped),
                                mime.fill_text(variant.text, values), headers, message_id, raw,
@@ -233,7 +253,8 @@ def prepare_release(session: Session, release_id: int, settings: Settings, *,
     warning = dkim_warning(settings, from_address)
     log.debug("release %s: prepared %d variants", release.id, len(variants))
     return PreparedRelease(release.id, settings, variants, language_of(release.language),
-                           from_address, tokens, dkim_key, (warning,) if warning else ())
+                           from_address, tokens, dkim_key, (warning,) if warning else (),
+                           VerpMaker(settings) if settings.bounce_address else None)
 
 
 def _domain_of(address: str) -> str:
@@ -448,13 +469,13 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
         static_headers=one_click,
         text_pieces=mime.compile_body(text_body), html_pieces=mime.compile_body(html_body, html=True),
         attachments=attachments)
+    unsubscribe_mailbox = mime.ascii_address(settings.bounce_address or from_address)
     skeleton = mime.Skeleton(
         from_line=_from_line(from_name, from_address),
         subject_line=mime.header_line("Subject", subject),
         test_subject_line=mime.header_line("Subject", f"[TEST] {subject}"),
         middle_headers=middle,
-        mailto=f">,{mime.FOLD}<mailto:{mime.ascii_address(from_address)}?subject=unsubscribe>\r\n"
-        .encode("ascii"),
+        mailto=f">,{mime.FOLD}<mailto:{unsubscribe_mailbox}?subject=unsubscribe>\r\n".encode("ascii"),
         tail=tail)
     return Variant(release.id, language_of(release.language), release.slug, subject, html_body,
                    text_body, skeleton, static_headers)

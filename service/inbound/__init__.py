@@ -1,0 +1,6 @@
+"""Mail that comes back: bounces, complaints, unsubscribes by mail, replies.
+
+    classify_message(raw) -> Classification            what a message is (no I/O)
+    process_message(session, settings, raw, ...) -> InboundMessage   classify, act, store
+    run_listener(settings, host=, port=, ...)          the `communique inbound` SMTP/LMTP server
+"""
