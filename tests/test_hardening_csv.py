@@ -201,7 +201,7 @@ if [ "$calls" -le {lock_failures} ]; then
     exit 100
 fi
 """)
-    for tool in ("wc", "sleep"):
+    for tool in ("wc", "sleep", "grep"):
         found = shutil.which(tool)
         assert found
         (bin_dir / tool).symlink_to(found)
@@ -226,12 +226,16 @@ def test_setup_system_waits_for_the_apt_lock(tmp_path: Path) -> None:
 
 
 def test_setup_system_installs_nothing_when_present(tmp_path: Path) -> None:
-    """With chromium, spamassassin and docker-compose on the PATH, apt-get is never run."""
+    """With every command and library setup-system looks for present, apt-get is never run."""
     env, log = _fake_system(tmp_path, lock_failures=0)
     bin_dir = Path(env["PATH"])
-    for command in ("chromium", "spamassassin", "docker-compose"):
+    for command in ("chromium", "spamassassin", "docker-compose", "pdftoppm"):
         (bin_dir / command).write_text("#!/bin/sh\n")
         (bin_dir / command).chmod(0o755)
+    (bin_dir / "ldconfig").write_text("#!/bin/sh\necho libpango-1.0.so.0 libpangoft2-1.0.so.0\n")
+    (bin_dir / "ldconfig").chmod(0o755)
+    if not Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists():
+        pytest.skip("DejaVu fonts are not installed here: setup-system would rightly install them")
     bash = shutil.which("bash", path=os.defpath) or "/bin/bash"
     result = subprocess.run([bash, str(ROOT / "scripts" / "setup-system")], env=env,
                             capture_output=True, text=True, timeout=60)
