@@ -18,7 +18,7 @@ def register(main: click.Group) -> None:
 @click.option("--lmtp", is_flag=True, help="Speak LMTP (RFC 2033) instead of SMTP.")
 @pass_context
 def inbound(context: Context, host: str, port: int, lmtp: bool) -> None:
-    """Receive mail for the COMMUNIQUE_BOUNCE_ADDRESS domain; stops on SIGTERM."""
+    """Receive mail for the COMMUNIQUE_BOUNCE_ADDRESS and _REPLY_ADDRESS domains; stops on SIGTERM."""
     from service.inbound.listener import run_listener  # the listener's imports only for this command
     from service.logs import configure_logging
 
