@@ -5,6 +5,8 @@ the real relay (the smtpd fixture); out-of-office replies are stored apart, neve
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import smtplib
 from collections.abc import Iterator
 
@@ -13,7 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from test_blasts import add_list, add_release
 from test_inbound import BOUNCES, Listener, contact, inbound, ledger_row, now, sample
+from webutil import make_user, sign_in
 
+from service.accounts.api_keys import create_api_key
+from service.cli import main
 from service.config import Settings
 from service.delivery import blasts
 from service.delivery.worker import run_worker
@@ -193,3 +198,95 @@ def test_reply_settings_are_checked() -> None:
                                  dotenv=False)
     assert (settings.reply_address, settings.replies_forward_to) == (
         REPLIES, "desk+press@onmt.example.org")
+
+
+# ---- visible: blast page, dashboard, contact page, API, CLI, /metrics ------------------------
+
+@pytest.fixture
+def came_back(db, reply_settings, smtpd, listener) -> int:  # type: ignore[no-untyped-def]
+    """A blast to four journalists: j0 is out of office, j1 replies, j2's address bounces later
+    (a DSN), j3 unsubscribes by mail; all through the real listener."""
+    blast = send_blast(db, reply_settings, 4)
+    for email, name in (("j0@example.net", "out_of_office.eml"), ("j1@example.net", "reply_fr.eml")):
+        reply_to = reply_to_of(smtpd, email)
+        listener.send(sample(name, verp=reply_to, rcpt=email), reply_to)
+    for email, name in (("j2@example.net", "postfix_hard.eml"), ("j3@example.net", "unsubscribe.eml")):
+        verp = [m.mail_from for m in smtpd.handler.messages if m.rcpt_tos == [email]][0]
+        listener.send(sample(name, verp=verp, rcpt=email), verp)
+    assert [m.kind for m in inbound(db)] == ["auto_reply", "reply", "hard_bounce", "unsubscribe"]
+    blast_id = blast.id
+    db.commit()  # end the read: on SQLite every transaction holds the write lock
+    return blast_id
+
+
+def test_the_blast_page_shows_replies_apart_and_what_came_back_per_recipient(  # type: ignore[no-untyped-def]
+        db, client, came_back) -> None:
+    """The blast page has a Replies section (human replies, then out-of-office ones apart, with
+    from, subject, time and excerpt) and each recipient's row shows its bounce or unsubscribe."""
+    sign_in(client, make_user(db, "admin@onmt.example.org"))
+    page = client.get(f"/blasts/{came_back}").get_data(as_text=True)
+    replies = page.split('data-testid="human-replies"')[1].split("</table>")[0]
+    assert "j1@example.net" in replies and "Re: L&#39;ONMT met en ordre" in replies
+    assert "Serait-il possible d&#39;obtenir une interview avec le directeur général" in replies
+    assert "j0@example.net" not in replies
+    automatic = page.split('data-testid="auto-replies"')[1].split("</table>")[0]
+    assert "j0@example.net" in automatic and "absente du bureau" in automatic
+    assert "Réponses (1)" in page and "Réponses d’absence (1)" in page
+    rows = {row.split("<td>")[1].split("</td>")[0]: row for row in page.split("<tr>")[1:]
+            if row.startswith("<td>j")}
+    assert "rejet (DSN)" in rows["j2@example.net"] and "rejeté" in rows["j2@example.net"]
+    assert "désinscription par e-mail" in rows["j3@example.net"]
+    assert "rejet" not in rows["j1@example.net"]
+    assert re.search(r'data-testid="inbound-hard_bounce">1<', page)
+
+
+def test_the_dashboard_counts_replies_and_the_contact_page_lists_its_mail(  # type: ignore[no-untyped-def]
+        db, client, came_back) -> None:
+    """The dashboard shows how many journalists replied; a contact's page lists what came back
+    from them."""
+    sign_in(client, make_user(db, "admin@onmt.example.org"))
+    dashboard = client.get("/").get_data(as_text=True)
+    assert re.search(r"Réponses des journalistes : <strong>1</strong>", dashboard)
+    j1, j2 = contact(db, "j1@example.net").id, contact(db, "j2@example.net").id
+    page = client.get(f"/contacts/{j1}").get_data(as_text=True)
+    table = page.split('data-testid="contact-inbound"')[1].split("</table>")[0]
+    assert "réponse" in table and f"#{came_back}" in table and "interview" in table
+    assert "forwarded to attache@onmt.example.org" in table
+    assert "5.1.1" in client.get(f"/contacts/{j2}").get_data(as_text=True)
+
+
+def test_the_api_lists_a_blasts_replies_with_the_read_scope(  # type: ignore[no-untyped-def]
+        db, client, came_back) -> None:
+    """GET /api/v1/blasts/<id>/replies needs `read`; it lists replies newest first, by kind."""
+    _key, token = create_api_key(db, "reader", now=now(), scopes=["read"])
+    _key, writer = create_api_key(db, "writer", now=now(), scopes=["write"])
+    db.commit()
+    path = f"/api/v1/blasts/{came_back}/replies"
+    response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["total"] == 2 and [r["kind"] for r in body["items"]] == ["reply", "auto_reply"]
+    assert body["items"][0]["from"] == "j1@example.net" and "interview" in body["items"][0]["text"]
+    only = client.get(path + "?kind=auto_reply", headers={"Authorization": f"Bearer {token}"})
+    assert [r["from"] for r in only.get_json()["items"]] == ["j0@example.net"]
+    assert client.get(path, headers={"Authorization": f"Bearer {writer}"}).status_code == 403
+    missing = client.get("/api/v1/blasts/999999/replies", headers={"Authorization": f"Bearer {token}"})
+    assert missing.status_code == 404
+    progress = client.get(f"/api/v1/blasts/{came_back}/progress",
+                          headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert progress["counts"]["bounced"] == 1 and progress["inbound"]["hard_bounce"] == 1
+
+
+def test_blasts_show_and_metrics_count_what_came_back(  # type: ignore[no-untyped-def]
+        db, client, runner, came_back) -> None:
+    """`blasts show --json` counts the async bounce and what came back by kind; /metrics counts
+    inbound messages by kind."""
+    shown = json.loads(runner.invoke(main, ["blasts", "show", str(came_back), "--json"]).output)
+    assert shown["counts"]["bounced"] == 1 and shown["counts"]["sent"] == 3
+    assert {k: v for k, v in shown["inbound"].items() if v} == {
+        "auto_reply": 1, "reply": 1, "hard_bounce": 1, "unsubscribe": 1}
+    text = runner.invoke(main, ["blasts", "show", str(came_back)]).output
+    assert "came back: hard_bounce 1, unsubscribe 1, auto_reply 1, reply 1" in text
+    metrics = client.get("/metrics").get_data(as_text=True)
+    for kind, count in (("reply", 1), ("auto_reply", 1), ("hard_bounce", 1), ("complaint", 0)):
+        assert f'communique_inbound_messages_total{{kind="{kind}"}} {count}.0' in metrics
