@@ -96,6 +96,9 @@ class Settings:
     inbound_max_bytes: int = 10 * 1024 * 1024  # largest message the inbound listener accepts
     reply_address: str = ""  # Reply-To base, e.g. replies@press.example.org; off when empty
     replies_forward_to: str = ""  # where replies are forwarded; empty: the release's reply-to or From
+    inbound_imap_url: str = field(default="", repr=False)  # imaps://user:password@host/INBOX to poll
+    inbound_imap_folder: str = "Processed"  # where polled messages are moved once processed
+    inbound_imap_poll_seconds: float = 60.0
 
     log_level: str = "INFO"
     log_format: str = "text"
@@ -240,6 +243,18 @@ class Settings:
             if address and not _is_plain_address(address, plus=False):
                 fail(name, f"must be a plain ASCII address without '+', such as "
                      f"{example}@press.example.org")
+        if self.inbound_imap_url:
+            parts = urlsplit(self.inbound_imap_url)
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                fail("inbound_imap_url", "has a bad port")
+            if parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
+                fail("inbound_imap_url", "must be imaps://user:password@host/INBOX")
+        if not self.inbound_imap_folder.strip() or not self.inbound_imap_folder.isprintable():
+            fail("inbound_imap_folder", "must name a folder, such as Processed")
+        if self.inbound_imap_poll_seconds < 1:
+            fail("inbound_imap_poll_seconds", "must be at least 1 second")
         if self.replies_forward_to and not _is_plain_address(self.replies_forward_to, plus=True):
             fail("replies_forward_to", "must be a plain ASCII address, such as "
                  "press-office@example.org")

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -21,10 +21,9 @@ from sqlalchemy.orm import sessionmaker
 
 from service.config import Settings
 from service.db import make_engine, make_session_factory
+from service.delivery.smtp import SendResult
 from service.errors import ConfigError
-from service.inbound.actions import process_message
-from service.inbound.replies import forward_reply, forward_target, record_forward
-from service.models import DeliveryOutcome
+from service.inbound.replies import ForwardDeferred, receive_message
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +31,6 @@ STOP_POLL_SECONDS = 0.2
 COMMAND_TIMEOUT_SECONDS = 60.0
 MAX_RECIPIENTS = 50
 FORWARD_TIMEOUT_SECONDS = 15 * 60.0  # a backstop: each SMTP step has its own limit
-
-
-class ForwardDeferred(Exception):
-    """The relay could not take a reply now: nothing is stored, the MTA is told to retry."""
 
 
 class InboundHandler:
@@ -85,25 +80,19 @@ class InboundHandler:
 
     def _process(self, raw: bytes, rcpt_tos: list[str], mail_from: str | None,
                  loop: asyncio.AbstractEventLoop) -> None:
-        now = datetime.now(UTC)
+        def run(forward: Coroutine[Any, Any, SendResult]) -> SendResult:
+            # The SMTP conversation runs on the listener's loop, free while this thread works.
+            future = asyncio.run_coroutine_threadsafe(forward, loop)
+            try:
+                return future.result(timeout=FORWARD_TIMEOUT_SECONDS)
+            except TimeoutError as exc:
+                future.cancel()
+                raise ForwardDeferred("forwarding a reply: no answer in time") from exc
+
         with self.session_factory() as db:
             try:
-                stored = process_message(db, self.settings, raw, envelope_to=rcpt_tos,
-                                         envelope_from=mail_from, now=now)
-                target = forward_target(db, self.settings, stored)
-                if target is not None:
-                    # The SMTP conversation runs on the listener's loop, free while this thread works.
-                    future = asyncio.run_coroutine_threadsafe(
-                        forward_reply(self.settings, raw, target, now=now), loop)
-                    try:
-                        result = future.result(timeout=FORWARD_TIMEOUT_SECONDS)
-                    except TimeoutError as exc:
-                        future.cancel()
-                        raise ForwardDeferred(f"inbound {stored.id}: no answer in time") from exc
-                    if result.outcome == DeliveryOutcome.deferred:
-                        raise ForwardDeferred(f"inbound {stored.id}: {result.smtp_code} "
-                                              f"{result.smtp_reply}")
-                    record_forward(stored, target, result)
+                receive_message(db, self.settings, raw, envelope_to=rcpt_tos,
+                                envelope_from=mail_from, now=datetime.now(UTC), run=run)
                 db.commit()
             except (SQLAlchemyError, ForwardDeferred):
                 db.rollback()

@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from email.utils import format_datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.delivery.smtp import SendResult, send_each
+from service.inbound.actions import process_message
 from service.models import Blast, DeliveryOutcome, InboundKind, InboundMessage, Release
 from service.rendering.prepare import sender_address
 
 log = logging.getLogger(__name__)
 
 ACTION_MAX_CHARS = 300
+
+RunForward = Callable[[Coroutine[Any, Any, SendResult]], SendResult]
+
+
+class ForwardDeferred(Exception):
+    """The relay could not take a reply now: the caller rolls back and the message is received
+    again later (the MTA retries after a 451; an IMAP message stays in its folder)."""
+
+
+def receive_message(session: Session, settings: Settings, raw: bytes, *, envelope_to: Sequence[str],
+                    envelope_from: str | None, now: datetime, run: RunForward) -> InboundMessage:
+    """process_message, then forward a human reply (`run` runs the SMTP coroutine: on the
+    listener's loop, or asyncio.run) before the caller commits; raises ForwardDeferred when
+    the relay refused for now, so a reply is never stored without reaching the office."""
+    stored = process_message(session, settings, raw, envelope_to=envelope_to,
+                             envelope_from=envelope_from, now=now)
+    target = forward_target(session, settings, stored)
+    if target is None:
+        return stored
+    result = run(forward_reply(settings, raw, target, now=now))
+    if result.outcome == DeliveryOutcome.deferred:
+        raise ForwardDeferred(f"inbound {stored.id}: {result.smtp_code} {result.smtp_reply}")
+    record_forward(stored, target, result)
+    return stored
 
 
 def forward_target(session: Session, settings: Settings, stored: InboundMessage) -> str | None:
