@@ -94,6 +94,11 @@ class Settings:
     bounce_address: str = ""  # VERP envelope sender base, e.g. bounces@press.example.org; off when empty
     soft_bounce_limit: int = 3  # temporary failures on separate blasts before a contact is bounced
     inbound_max_bytes: int = 10 * 1024 * 1024  # largest message the inbound listener accepts
+    reply_address: str = ""  # Reply-To base, e.g. replies@press.example.org; off when empty
+    replies_forward_to: str = ""  # where replies are forwarded; empty: the release's reply-to or From
+    inbound_imap_url: str = field(default="", repr=False)  # imaps://user:password@host/INBOX to poll
+    inbound_imap_folder: str = "Processed"  # where polled messages are moved once processed
+    inbound_imap_poll_seconds: float = 60.0
 
     log_level: str = "INFO"
     log_format: str = "text"
@@ -233,12 +238,26 @@ class Settings:
                                   "for /metrics and /readyz details")
 
     def _validate_inbound(self, fail: Callable[[str, str], None]) -> None:
-        if self.bounce_address:
-            local, _, domain = self.bounce_address.rpartition("@")
-            if (not local or "." not in domain or "+" in local or not self.bounce_address.isascii()
-                    or any(c in self.bounce_address for c in " <>\r\n\"")):
-                fail("bounce_address", "must be a plain ASCII address without '+', such as "
-                     "bounces@press.example.org")
+        for name, example in (("bounce_address", "bounces"), ("reply_address", "replies")):
+            address = getattr(self, name)
+            if address and not _is_plain_address(address, plus=False):
+                fail(name, f"must be a plain ASCII address without '+', such as "
+                     f"{example}@press.example.org")
+        if self.inbound_imap_url:
+            parts = urlsplit(self.inbound_imap_url)
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                fail("inbound_imap_url", "has a bad port")
+            if parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
+                fail("inbound_imap_url", "must be imaps://user:password@host/INBOX")
+        if not self.inbound_imap_folder.strip() or not self.inbound_imap_folder.isprintable():
+            fail("inbound_imap_folder", "must name a folder, such as Processed")
+        if self.inbound_imap_poll_seconds < 1:
+            fail("inbound_imap_poll_seconds", "must be at least 1 second")
+        if self.replies_forward_to and not _is_plain_address(self.replies_forward_to, plus=True):
+            fail("replies_forward_to", "must be a plain ASCII address, such as "
+                 "press-office@example.org")
         if self.soft_bounce_limit < 1:
             fail("soft_bounce_limit", "must be at least 1")
         if self.inbound_max_bytes < 1024:
@@ -324,3 +343,9 @@ def _development_secret(settings: Settings) -> str:
         return key
     except OSError as exc:
         raise ConfigError(f"{PREFIX}SECRET_KEY: not set, and {path} cannot hold one ({exc})") from exc
+
+
+def _is_plain_address(address: str, *, plus: bool) -> bool:
+    local, _, domain = address.rpartition("@")
+    return bool(local and "." in domain and (plus or "+" not in local) and address.isascii()
+                and "@" not in local and not any(c in address for c in ' <>\r\n"'))

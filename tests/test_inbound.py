@@ -285,7 +285,8 @@ def test_mail_to_the_unsubscribe_mailto_unsubscribes(db, verp_settings, smtpd, l
 def test_replies_are_stored_with_blast_and_contact_and_change_nothing(  # type: ignore[no-untyped-def]
         db, verp_settings, smtpd, name, kind, words, lmtp) -> None:
     """An out-of-office is kept apart from human replies (French, Arabic); both are stored with
-    their blast and contact, decoded, and the contact stays active (SMTP and LMTP alike)."""
+    their blast and contact, decoded, and the contact stays active (SMTP and LMTP alike). A human
+    reply is forwarded to the release's sender (tests/test_inbound_replies.py has the rest)."""
     blast = send_blast(db, verp_settings, 2)
     verp = verp_of(smtpd, "j1@example.net")
     running = Listener(verp_settings, lmtp=lmtp)
@@ -294,7 +295,8 @@ def test_replies_are_stored_with_blast_and_contact_and_change_nothing(  # type: 
     finally:
         running.close()
     (stored,) = inbound(db)
-    assert (stored.kind, stored.blast_id, stored.action) == (kind, blast.id, "stored")
+    action = "stored" if kind == InboundKind.auto_reply else "stored, forwarded to presse@onmt.example.org"
+    assert (stored.kind, stored.blast_id, stored.action) == (kind, blast.id, action)
     assert stored.from_address == "j1@example.net" and words in (stored.text or "")
     assert stored.subject and stored.raw_size > 0
     if name == "reply_ar.eml":

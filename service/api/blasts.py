@@ -1,5 +1,5 @@
 """API resources: blasts (create, schedule, pause, resume, cancel, approve, progress, deliveries,
-resend to the unsent)."""
+replies, resend to the unsent)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from service.delivery import blasts
 from service.errors import FieldError, ValidationError
 from service.http.context import current_settings, db_session
 from service.http.problems import RequestRejected
-from service.models import Blast, BlastStatus, MessageStatus, QueuedMessage
+from service.inbound.listing import REPLY_KINDS, blast_inbound_counts, list_blast_replies
+from service.models import Blast, BlastStatus, InboundMessage, MessageStatus, QueuedMessage
 
 _DATE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 120},
@@ -62,7 +63,9 @@ PROGRESS = registry.schema("BlastProgress", {
                    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
                    "recipients": {"type": "integer"}, "rate": {"type": "number"},
                    "eta": {"type": ["string", "null"]},
-                   "paused_reason": {"type": ["string", "null"]}}})
+                   "paused_reason": {"type": ["string", "null"]},
+                   "inbound": {"type": "object", "additionalProperties": {"type": "integer"},
+                               "description": "messages that came back, by kind"}}})
 DELIVERY = registry.schema("Delivery", {
     "type": "object", "required": ["id", "contact_id", "email", "status", "attempts"],
     "properties": {"id": {"type": "integer"}, "contact_id": {"type": "integer"},
@@ -71,6 +74,17 @@ DELIVERY = registry.schema("Delivery", {
                    "last_smtp_code": {"type": ["integer", "null"]},
                    "last_smtp_reply": {"type": ["string", "null"]},
                    "sent_at": _DATE_TIME, "next_attempt_at": _DATE_TIME}})
+REPLY = registry.schema("Reply", {
+    "type": "object", "required": ["id", "kind", "contact_id", "from", "subject", "received_at"],
+    "properties": {"id": {"type": "integer"}, "kind": {"enum": [str(k) for k in REPLY_KINDS]},
+                   "contact_id": {"type": ["integer", "null"]},
+                   "from": {"type": ["string", "null"]}, "subject": {"type": ["string", "null"]},
+                   "text": {"type": ["string", "null"]}, "received_at": {"type": "string",
+                                                                           "format": "date-time"},
+                   "action": {"type": "string",
+                              "description": "what was done: stored, forwarded to whom"}}})
+REPLY_QUERY = {"type": "object", "properties": {"kind": {"enum": [str(k) for k in REPLY_KINDS]},
+                                                **PAGE_QUERY}}
 BLAST_QUERY = {"type": "object", "properties": {"status": {"enum": [str(s) for s in BlastStatus]},
                                                 **PAGE_QUERY}}
 DELIVERY_QUERY = {"type": "object", "properties": {
@@ -94,6 +108,12 @@ def delivery_json(row: QueuedMessage) -> dict[str, Any]:
             "status": str(row.status), "attempts": row.attempts, "message_id": row.message_id,
             "last_smtp_code": row.last_smtp_code, "last_smtp_reply": row.last_smtp_reply,
             "sent_at": iso(row.sent_at), "next_attempt_at": iso(row.next_attempt_at)}
+
+
+def reply_json(row: InboundMessage) -> dict[str, Any]:
+    return {"id": row.id, "kind": str(row.kind), "contact_id": row.contact_id,
+            "from": row.from_address, "subject": row.subject, "text": row.text,
+            "received_at": iso(row.received_at), "action": row.action}
 
 
 def _when(body: dict[str, Any], name: str) -> datetime | None:
@@ -165,6 +185,21 @@ def list_deliveries(blast_id: int, query: dict[str, Any]) -> Response:
     return json_response({"items": [delivery_json(r) for r in rows],
                           "total": total[status] if status else sum(total.values()),
                           "offset": offset, "limit": limit})
+
+
+@registry.route("/blasts/<id:blast_id>/replies", "GET",
+                summary="Replies to the blast: human ones and out-of-office (kind), newest first",
+                tag="blasts", query=REPLY_QUERY, response=page_schema(REPLY), errors=(400, 404),
+                scope="read")
+def list_replies(blast_id: int, query: dict[str, Any]) -> Response:
+    session = db_session()
+    blasts.get_blast(session, blast_id)
+    offset, limit = query.get("offset", 0), query.get("limit", 50)
+    kinds = [query["kind"]] if query.get("kind") else [str(k) for k in REPLY_KINDS]
+    rows = list_blast_replies(session, blast_id, kinds=kinds, offset=offset, limit=limit)
+    counts = blast_inbound_counts(session, blast_id)
+    return json_response({"items": [reply_json(r) for r in rows],
+                          "total": sum(counts[k] for k in kinds), "offset": offset, "limit": limit})
 
 
 @registry.route("/blasts/<id:blast_id>/schedule", "POST", summary="Schedule a draft",

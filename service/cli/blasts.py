@@ -117,6 +117,9 @@ def show(context: Context, blast_id: int, as_json: bool) -> None:
         data = blast_progress(session, blast_id, now=utcnow())
     counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items())
     text = f"blast {blast_id}: {data['status']}; {counts}; {data['rate']} msgs/s; eta {data['eta'] or '-'}"
+    came_back = ", ".join(f"{k} {v}" for k, v in data["inbound"].items() if v)
+    if came_back:
+        text += f"\ncame back: {came_back}"
     if data.get("paused_reason"):
         text += f"\npaused: {data['paused_reason']}"
     emit(data, as_json, text)

@@ -19,6 +19,7 @@ from service.db import session_scope
 from service.delivery.queue import PENDING, housekeep
 from service.errors import Conflict, FieldError, NotFound, ValidationError
 from service.events import EventType, record_event
+from service.inbound.listing import blast_inbound_counts
 from service.models import (
     Blast,
     BlastEvent,
@@ -574,7 +575,9 @@ def blast_counts(session: Session, blast_id: int) -> dict[str, int]:
 
 
 def blast_progress(session: Session, blast_id: int, *, now: datetime) -> dict[str, Any]:
-    """Counts per ledger status, the send rate over the last minute (msgs/s) and an ETA."""
+    """Counts per ledger status (`bounced` includes the rows a later DSN bounced), what came back
+    by kind (`inbound`: bounces, complaints, unsubscribes by mail, replies), the send rate over
+    the last minute (msgs/s) and an ETA."""
     blast = get_blast(session, blast_id)
     counts = blast_counts(session, blast_id)
     since = now - timedelta(seconds=RATE_WINDOW_SECONDS)
@@ -590,7 +593,8 @@ def blast_progress(session: Session, blast_id: int, *, now: datetime) -> dict[st
         eta = (now + timedelta(seconds=remaining / rate)).isoformat()
     return {"id": blast.id, "status": blast.status, "counts": counts,
             "recipients": blast.recipient_count or sum(counts.values()), "rate": rate, "eta": eta,
-            "paused_reason": blast.paused_reason}
+            "paused_reason": blast.paused_reason,
+            "inbound": blast_inbound_counts(session, blast_id)}
 
 
 def list_deliveries(session: Session, blast_id: int, *, status: str | None = None, offset: int = 0,

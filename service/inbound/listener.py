@@ -8,7 +8,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -21,24 +21,30 @@ from sqlalchemy.orm import sessionmaker
 
 from service.config import Settings
 from service.db import make_engine, make_session_factory
+from service.delivery.smtp import SendResult
 from service.errors import ConfigError
-from service.inbound.actions import process_message
+from service.inbound.replies import ForwardDeferred, receive_message
 
 log = logging.getLogger(__name__)
 
 STOP_POLL_SECONDS = 0.2
 COMMAND_TIMEOUT_SECONDS = 60.0
 MAX_RECIPIENTS = 50
+FORWARD_TIMEOUT_SECONDS = 15 * 60.0  # a backstop: each SMTP step has its own limit
 
 
 class InboundHandler:
-    """aiosmtpd handler: accepts only the bounce domain; processes each message in one database
-    thread (one writer at a time, which SQLite needs and PostgreSQL does not mind at this rate)."""
+    """aiosmtpd handler: accepts only the bounce and reply domains; processes each message in one
+    database thread (one writer at a time, which SQLite needs and PostgreSQL does not mind at
+    this rate). A reply is forwarded before its row is committed, so a relay that cannot take it
+    now makes a 451 and the MTA's retry, never a stored reply that nobody received."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[DbSession],
                  executor: ThreadPoolExecutor, *, lmtp: bool) -> None:
         self.settings = settings
-        self.domain = settings.bounce_address.rpartition("@")[2].lower()
+        self.domains = {address.rpartition("@")[2].lower()
+                        for address in (settings.bounce_address, settings.reply_address) if address}
+        self.domain = (settings.bounce_address or settings.reply_address).rpartition("@")[2].lower()
         self.session_factory = session_factory
         self.executor = executor
         self.lmtp = lmtp
@@ -46,7 +52,7 @@ class InboundHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
-        if address.rpartition("@")[2].lower().rstrip(".") != self.domain:
+        if address.rpartition("@")[2].lower().rstrip(".") not in self.domains:
             return "550 5.1.2 this server accepts mail for its own domain only"
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 too many recipients"
@@ -61,21 +67,34 @@ class InboundHandler:
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(self.executor, self._process, raw,
-                                           list(envelope.rcpt_tos), envelope.mail_from)
+                                           list(envelope.rcpt_tos), envelope.mail_from, loop)
                 reply = "250 2.0.0 OK"
             except SQLAlchemyError:
                 log.exception("inbound: storing a message failed")
                 reply = "451 4.3.0 temporary failure, try again later"
+            except ForwardDeferred as exc:
+                log.warning("inbound: forwarding a reply failed for now: %s", exc)
+                reply = "451 4.4.0 forwarding the reply failed, try again later"
         # LMTP (RFC 2033 §4.2): one reply per accepted recipient.
         return "\r\n".join([reply] * max(1, len(envelope.rcpt_tos))) if self.lmtp else reply
 
-    def _process(self, raw: bytes, rcpt_tos: list[str], mail_from: str | None) -> None:
+    def _process(self, raw: bytes, rcpt_tos: list[str], mail_from: str | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        def run(forward: Coroutine[Any, Any, SendResult]) -> SendResult:
+            # The SMTP conversation runs on the listener's loop, free while this thread works.
+            future = asyncio.run_coroutine_threadsafe(forward, loop)
+            try:
+                return future.result(timeout=FORWARD_TIMEOUT_SECONDS)
+            except TimeoutError as exc:
+                future.cancel()
+                raise ForwardDeferred("forwarding a reply: no answer in time") from exc
+
         with self.session_factory() as db:
             try:
-                process_message(db, self.settings, raw, envelope_to=rcpt_tos,
-                                envelope_from=mail_from, now=datetime.now(UTC))
+                receive_message(db, self.settings, raw, envelope_to=rcpt_tos,
+                                envelope_from=mail_from, now=datetime.now(UTC), run=run)
                 db.commit()
-            except SQLAlchemyError:
+            except (SQLAlchemyError, ForwardDeferred):
                 db.rollback()
                 raise
         self.processed_count += 1
@@ -84,9 +103,9 @@ class InboundHandler:
 async def serve(settings: Settings, *, host: str, port: int, lmtp: bool, stop: threading.Event,
                 on_started: Callable[[int], None] | None = None) -> int:
     """Listen until `stop` is set; returns how many messages were processed."""
-    if not settings.bounce_address:
+    if not (settings.bounce_address or settings.reply_address):
         raise ConfigError("COMMUNIQUE_BOUNCE_ADDRESS: `communique inbound` needs the bounce "
-                          "address whose domain it receives")
+                          "(or COMMUNIQUE_REPLY_ADDRESS) address whose domain it receives")
     engine = make_engine(settings.database_url)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-db")
     handler = InboundHandler(settings, make_session_factory(engine), executor, lmtp=lmtp)
@@ -98,7 +117,7 @@ async def serve(settings: Settings, *, host: str, port: int, lmtp: bool, stop: t
         host=host, port=port)
     bound_port = server.sockets[0].getsockname()[1]
     log.info("inbound: listening on %s:%d (%s) for @%s", host, bound_port,
-             "LMTP" if lmtp else "SMTP", handler.domain)
+             "LMTP" if lmtp else "SMTP", ", @".join(sorted(handler.domains)))
     if on_started is not None:
         on_started(bound_port)
     try:

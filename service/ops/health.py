@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import current_revision, head_revision
+from service.inbound.listing import inbound_counts_by_kind
 from service.models import DeliveryLog, MessageStatus, QueuedMessage
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class LedgerCollector(Collector):
         with self.session_factory() as session:
             yield from self._messages(session)
             yield from self._delivery_logs(session)
+            yield self._inbound(session)
 
     def _messages(self, session: Session) -> Iterator[Any]:
         by_blast = GaugeMetricFamily(
@@ -146,6 +148,14 @@ class LedgerCollector(Collector):
         age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
         yield GaugeMetricFamily("communique_oldest_due_message_age_seconds",
                                 "How long the oldest due message has waited (0 when none).", value=age)
+
+    def _inbound(self, session: Session) -> CounterMetricFamily:
+        inbound = CounterMetricFamily(
+            "communique_inbound_messages", "Messages received by `communique inbound`, by kind.",
+            labels=["kind"])
+        for kind, count in inbound_counts_by_kind(session).items():
+            inbound.add_metric([kind], count)
+        return inbound
 
     def _delivery_logs(self, session: Session) -> Iterator[Any]:
         codes = CounterMetricFamily("communique_smtp_replies", "SMTP attempts by reply code.",

@@ -215,9 +215,10 @@ class Skeleton:
     from_line: bytes
     subject_line: bytes
     test_subject_line: bytes
-    middle_headers: bytes  # Reply-To ... up to List-Unsubscribe
+    middle_headers: bytes  # MIME-Version ... up to List-Unsubscribe
     mailto: bytes  # ">, <mailto:...>" closing List-Unsubscribe
     tail: list[bytes | Hole]  # remaining headers, blank line, all the parts
+    reply_to_line: bytes = b""  # the release's own Reply-To line, if any
 
     def __post_init__(self) -> None:
         holes = [piece for piece in self.tail if isinstance(piece, Hole)]
@@ -228,22 +229,26 @@ class Skeleton:
         self._wire = (dot_stuff(self.from_line), dot_stuff(self.subject_line),
                       dot_stuff(self.test_subject_line), dot_stuff(self.middle_headers),
                       self.mailto.replace(b"\n.", b"\n.."),
-                      [dot_stuff(piece) if isinstance(piece, bytes) else piece for piece in self.tail])
+                      [dot_stuff(piece) if isinstance(piece, bytes) else piece for piece in self.tail],
+                      dot_stuff(self.reply_to_line))
 
     def build(self, *, to: str, date: str, message_id: str, unsubscribe_url: str, test: bool,
               values: Mapping[str, str], html_values: Mapping[str, str], wire: bool = False,
-              mailto: bytes | None = None) -> bytes:
+              mailto: bytes | None = None, reply_to: bytes | None = None) -> bytes:
         """`mailto`, when given, replaces the skeleton's close of List-Unsubscribe (a per-message
-        VERP address; it starts with ">," and folds with a space, so needs no dot-stuffing)."""
-        from_line, subject_line, test_subject_line, middle_headers, own_mailto, tail = (
+        VERP address; it starts with ">," and folds with a space, so needs no dot-stuffing);
+        `reply_to`, when given, replaces the release's Reply-To line (it starts with "Reply-To")."""
+        from_line, subject_line, test_subject_line, middle_headers, own_mailto, tail, own_reply = (
             self._wire if wire else (self.from_line, self.subject_line, self.test_subject_line,
-                                     self.middle_headers, self.mailto, self.tail))
+                                     self.middle_headers, self.mailto, self.tail,
+                                     self.reply_to_line))
         if mailto is None:
             mailto = own_mailto
         out = [b"Date: ", date.encode("ascii"), CRLF, from_line,
                b"To: ", to.encode("ascii"), CRLF,
                test_subject_line if test else subject_line,
-               b"Message-ID: ", message_id.encode("ascii"), CRLF, middle_headers,
+               b"Message-ID: ", message_id.encode("ascii"), CRLF,
+               own_reply if reply_to is None else reply_to, middle_headers,
                b"List-Unsubscribe: <", unsubscribe_url.encode("ascii"), mailto]
         for piece in tail:
             if isinstance(piece, bytes):

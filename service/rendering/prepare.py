@@ -10,12 +10,15 @@ CONTRACT (used by delivery, web, api, cli; keep these names and signatures):
     PreparedRelease.envelope_from -> str   (MAIL FROM address without a ledger row: test sends)
     PreparedRelease.envelope_for(blast_id, contact_id) -> str   (a ledger row's MAIL FROM: VERP
         with COMMUNIQUE_BOUNCE_ADDRESS, else envelope_from)
+    PreparedRelease.reply_to_for(blast_id, contact_id) -> str | None   (a ledger row's Reply-To
+        with COMMUNIQUE_REPLY_ADDRESS, else None: the release's own)
     new_message_id(settings) -> str        ("<...@domain>")
 
 prepare_release compiles the templates, renders every part that is the same for all recipients,
 inlines the CSS and builds the MIME skeleton of each language variant once; a template or
 variable error raises RenderError there (preview, validation, blast start), never mid-blast.
-render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Message-ID, Date).
+render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Message-ID, Date,
+and the VERP mailto and Reply-To when those come back to us).
 With attach_pdf, each variant's PDF (rendering/pdf.py, cached on disk) is encoded into its
 skeleton here, once: the worker copies those bytes like any other attachment.
 """
@@ -94,6 +97,7 @@ class PreparedRelease:
     dkim: tuple[bytes, bytes, bytes] | None = None  # selector, domain, private key
     warnings: tuple[str, ...] = ()
     verp: VerpMaker | None = None  # with COMMUNIQUE_BOUNCE_ADDRESS
+    replies: VerpMaker | None = None  # with COMMUNIQUE_REPLY_ADDRESS
 
     @functools.cached_property
     def envelope_from(self) -> str:
@@ -113,6 +117,17 @@ class PreparedRelease:
             return None
         address = self.verp.envelope(blast_id, recipient.contact_id)
         return f">,{mime.FOLD}<mailto:{address}?subject=unsubscribe>\r\n".encode("ascii")
+
+    def reply_to_for(self, blast_id: int | None, contact_id: int | None) -> str | None:
+        """The Reply-To of one ledger row when replies come back to us, else None (the
+        release's own, if any)."""
+        if self.replies is None or blast_id is None or contact_id is None:
+            return None
+        return self.replies.envelope(blast_id, contact_id)
+
+    def _reply_to_line(self, recipient: Recipient, blast_id: int | None) -> bytes | None:
+        address = self.reply_to_for(blast_id, recipient.contact_id)
+        return None if address is None else b"Reply-To: " + address.encode("ascii") + mime.CRLF
 
     @property
     def subject(self) -> str:
@@ -144,7 +159,8 @@ class PreparedRelease:
             to=mime.format_address(recipient.full_name, recipient.email),
             date=_date_header(now), message_id=message_id, unsubscribe_url=url, test=test,
             values=values, html_values={k: html.escape(values[k]) for k in skeleton.html_fields},
-            wire=wire and dkim is None, mailto=self._mailto(recipient, blast_id))
+            wire=wire and dkim is None, mailto=self._mailto(recipient, blast_id),
+            reply_to=self._reply_to_line(recipient, blast_id))
         if dkim is not None:
             raw = _dkim_sign(raw, *dkim)  # the signature covers the message, not its wire form
             if wire:
@@ -164,6 +180,9 @@ class PreparedRelease:
                    "To": mime.unfold(mime.format_address(recipient.full_name, recipient.email)),
                    "Subject": subject, "Message-ID": message_id,
                    "List-Unsubscribe": f"<{url}>, <mailto:{mailto}?subject=unsubscribe>"}
+        reply_to = self.reply_to_for(blast_id, recipient.contact_id)
+        if reply_to is not None:
+            headers["Reply-To"] = reply_to
         escaped = {k: html.escape(v) for k, v in values.items()}
         return RenderedMessage(subject, mime.fill_text(variant.html, escaped),
                                mime.fill_text(variant.text, values), headers, message_id, raw,
@@ -254,7 +273,9 @@ def prepare_release(session: Session, release_id: int, settings: Settings, *,
     log.debug("release %s: prepared %d variants", release.id, len(variants))
     return PreparedRelease(release.id, settings, variants, language_of(release.language),
                            from_address, tokens, dkim_key, (warning,) if warning else (),
-                           VerpMaker(settings) if settings.bounce_address else None)
+                           VerpMaker(settings) if settings.bounce_address else None,
+                           VerpMaker(settings, settings.reply_address) if settings.reply_address
+                           else None)
 
 
 def _domain_of(address: str) -> str:
@@ -449,11 +470,11 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
     subject = mime.clean_value(subject)  # the header, the outbox and the preview say the same
     from_name, from_address = sender
     static_headers = {"From": mime.format_address(from_name, from_address)}
-    middle = b""
+    reply_to_line = b""
     if release.reply_to:
         static_headers["Reply-To"] = mime.format_address(None, release.reply_to)
-        middle += mime.header_line("Reply-To", static_headers["Reply-To"])
-    middle += b"MIME-Version: 1.0\r\n"
+        reply_to_line = mime.header_line("Reply-To", static_headers["Reply-To"])
+    middle = b"MIME-Version: 1.0\r\n"
     static_headers["MIME-Version"] = "1.0"
     one_click = b""
     if settings.is_https:  # RFC 8058 §3.1: one-click only with an https URI
@@ -476,7 +497,7 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
         test_subject_line=mime.header_line("Subject", f"[TEST] {subject}"),
         middle_headers=middle,
         mailto=f">,{mime.FOLD}<mailto:{unsubscribe_mailbox}?subject=unsubscribe>\r\n".encode("ascii"),
-        tail=tail)
+        tail=tail, reply_to_line=reply_to_line)
     return Variant(release.id, language_of(release.language), release.slug, subject, html_body,
                    text_body, skeleton, static_headers)
 

@@ -1,4 +1,5 @@
 """VERP envelope senders: `<local>+<blast>-<contact>-<signature>@<domain>` names one ledger row.
+The Reply-To of COMMUNIQUE_REPLY_ADDRESS uses the same token on its own base address.
 
 The token is lowercase letters, digits and "-" only, so it survives MTAs that lower-case or
 otherwise normalise local parts; the signature is HMAC-SHA256 truncated to 80 bits (hex), with
@@ -34,10 +35,11 @@ def _signature(key: bytes, data: bytes) -> str:
 
 
 class VerpMaker:
-    """Makes the per-message envelope sender; built once per prepared release."""
+    """Makes the per-message envelope sender (or, on the reply address, Reply-To); built once
+    per prepared release."""
 
-    def __init__(self, settings: Settings) -> None:
-        local, _, domain = settings.bounce_address.rpartition("@")
+    def __init__(self, settings: Settings, base: str | None = None) -> None:
+        local, _, domain = (base or settings.bounce_address).rpartition("@")
         self.local = local
         self.domain = domain.lower()
         self.address = f"{local}@{self.domain}"
@@ -52,15 +54,13 @@ class VerpMaker:
 
 
 def verify_address(settings: Settings, address: str) -> VerpToken | None:
-    """The ledger row a VERP address names, or None when it is not ours or its signature is wrong
-    (a forged or mangled address names nothing)."""
-    if not settings.bounce_address:
-        return None
+    """The ledger row a VERP address (on the bounce or the reply address) names, or None when it
+    is not ours or its signature is wrong (a forged or mangled address names nothing)."""
     local, _, domain = address.strip().strip("<>").rpartition("@")
-    base_local, _, base_domain = settings.bounce_address.rpartition("@")
     base, plus, token = local.partition("+")
-    if (not plus or domain.lower() != base_domain.lower()
-            or base.lower() != base_local.lower()):
+    named = f"{base}@{domain}".lower()
+    if not plus or not any(named == ours.lower()
+                           for ours in (settings.bounce_address, settings.reply_address) if ours):
         return None
     match = _TOKEN.fullmatch(token.lower())
     if match is None:

@@ -16,7 +16,8 @@ from service.contacts import store as contacts
 from service.db import utcnow
 from service.http.context import current_settings, db_session
 from service.http.inputs import MAX_PAGE, query_int
-from service.models import BlastStatus, MediaType, MessageStatus, User
+from service.inbound import listing as inbound
+from service.models import BlastStatus, InboundKind, MediaType, MessageStatus, User
 from service.web.auth import current_user, login_required
 from service.web.blueprint import bp, remember_form, render_form
 from service.web.forms import ScheduleForm, options
@@ -25,6 +26,7 @@ from service.web.i18n import _, current_zone, format_time, utc_offset
 ACTIVE = (BlastStatus.scheduled, BlastStatus.running, BlastStatus.paused, BlastStatus.draft)
 DONE = (BlastStatus.finished, BlastStatus.cancelled, BlastStatus.expired)
 PAGE_SIZE = 100
+REPLIES_SHOWN = 200
 
 
 def dashboard_blasts() -> dict[str, Any]:
@@ -34,7 +36,8 @@ def dashboard_blasts() -> dict[str, Any]:
     active = [b for b in every if b.status in ACTIVE]
     finished = [b for b in every if b.status in DONE][:10]
     progress = {b.id: _blasts().blast_progress(session, b.id, now=now) for b in [*active, *finished]}
-    return {"active": active, "finished": finished, "progress": progress}
+    return {"active": active, "finished": finished, "progress": progress,
+            "reply_count": inbound.reply_count(session)}
 
 
 def _blasts() -> Any:
@@ -175,10 +178,16 @@ def blast_show(blast_id: int) -> ResponseReturnValue:
     page = query_int("page", 1, maximum=MAX_PAGE)
     rows = _blasts().list_deliveries(session, blast_id, status=status, offset=(page - 1) * PAGE_SIZE,
                                   limit=PAGE_SIZE + 1)
+    replies = inbound.list_blast_replies(session, blast_id, limit=REPLIES_SHOWN)
     return render_template("blasts/show.html", blast=blast, rows=rows[:PAGE_SIZE],
                            has_more=len(rows) > PAGE_SIZE, page=page, status=status,
                            statuses=list(MessageStatus), undo_left=undo_left,
-                           progress=_progress(blast_id))
+                           progress=_progress(blast_id),
+                           replies=[r for r in replies if r.kind == InboundKind.reply],
+                           auto_replies=[r for r in replies if r.kind == InboundKind.auto_reply],
+                           came_back=inbound.recipient_events(
+                               session, blast_id, [r.contact_id for r in rows[:PAGE_SIZE]]),
+                           excerpt=inbound.excerpt)
 
 
 @bp.route("/blasts/<id:blast_id>/progress.json")

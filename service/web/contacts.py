@@ -16,6 +16,7 @@ from service.contacts import store as contacts
 from service.db import utcnow
 from service.http.context import db_session
 from service.http.inputs import MAX_PAGE, query_int
+from service.inbound.listing import excerpt, list_contact_inbound
 from service.models import ContactStatus, MediaType
 from service.web.auth import current_user, login_required, role_required
 from service.web.blueprint import bp, remember_form, render_form
@@ -73,6 +74,7 @@ def contact_new() -> ResponseReturnValue:
 @login_required
 def contact_edit(contact_id: int) -> ResponseReturnValue:
     contact = contacts.get_contact(db_session(), contact_id)
+    came_back = list_contact_inbound(db_session(), contact_id)
     form = ContactForm(obj=contact)
     if request.method == "GET":  # the column stores ",a,b,"; people read "a, b"
         form.tags.data = ", ".join(contact.tag_list)
@@ -83,12 +85,14 @@ def contact_edit(contact_id: int) -> ResponseReturnValue:
             return render_template("error.html", title=_("Not allowed"),
                                    message=_("Your role does not allow this action.")), 403
         if form.validate_on_submit():
-            remember_form("contacts/edit.html", form, contact=contact)
+            remember_form("contacts/edit.html", form, contact=contact, came_back=came_back,
+                          excerpt=excerpt)
             contacts.update_contact(db_session(), contact_id, _contact_data(form), now=utcnow())
             db_session().commit()
             flash(_("Contact saved."), "info")
             return redirect(url_for("web.contact_edit", contact_id=contact_id), code=303)
-    return render_form("contacts/edit.html", form, contact=contact)
+    return render_form("contacts/edit.html", form, contact=contact, came_back=came_back,
+                       excerpt=excerpt)
 
 
 @bp.route("/contacts/<id:contact_id>/delete", methods=["POST"])

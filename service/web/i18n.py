@@ -37,7 +37,7 @@ def current_language() -> str:
     return str(g.language)
 
 
-NAMESPACES = ("status:", "media:", "role:", "event:", "report:")
+NAMESPACES = ("status:", "media:", "role:", "event:", "report:", "inbound:")
 
 
 def translate(text: str, language: str, **params: object) -> str:

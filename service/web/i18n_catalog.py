@@ -1,6 +1,6 @@
 # ruff: noqa: E501  (a catalog reads best one entry per line)
 """French for every interface string (the English source is the key). `status:`, `media:`,
-`role:`, `event:` and `report:` keys name values shown to people; English falls back to the
+`role:`, `event:`, `report:` and `inbound:` keys name values shown to people; English falls back to the
 part after the colon."""
 
 from __future__ import annotations
@@ -374,4 +374,19 @@ FR: dict[str, str] = {
     "Each recipient gets the release in their language as a PDF, made once per language.":
         "Chaque destinataire reçoit le communiqué en PDF dans sa langue, produit une fois par langue.",
     "The release as a PDF": "Le communiqué en PDF",
+    # mail that comes back: replies, bounces, complaints, unsubscribes by mail (issue 15)
+    "inbound:hard_bounce": "rejet (DSN)", "inbound:soft_bounce": "échec temporaire (DSN)",
+    "inbound:complaint": "plainte", "inbound:unsubscribe": "désinscription par e-mail",
+    "inbound:auto_reply": "réponse automatique", "inbound:reply": "réponse",
+    "inbound:not_understood": "non compris",
+    "Replies": "Réponses",
+    "Out-of-office replies": "Réponses d’absence",
+    "No reply yet.": "Aucune réponse pour l’instant.",
+    "No out-of-office reply.": "Aucune réponse d’absence.",
+    "Came back": "Retours",
+    "Excerpt": "Extrait",
+    "Mail from this contact": "Messages reçus de ce contact",
+    "Kind": "Type",
+    "Action taken": "Suite donnée",
+    "Replies from journalists": "Réponses des journalistes",
 }
