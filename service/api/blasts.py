@@ -38,6 +38,9 @@ BLAST_CREATE = {
         "attach_pdf": {"type": "boolean", "default": False,
                        "description": "attach the release as a PDF (the recipient's language "
                                       "variant) to every message"},
+        "track": {"type": "boolean",
+                  "description": "record opens and clicks (stated in the email footer); default: "
+                                 "the COMMUNIQUE_TRACKING_DEFAULT setting"},
     },
 }
 SCHEDULE = {"type": "object", "additionalProperties": False, "required": ["send_at"],
@@ -51,7 +54,8 @@ BLAST = registry.schema("Blast", {
         "filters": {"type": "object"}, "recipient_count": {"type": "integer"},
         "needs_approval": {"type": "boolean"}, "paused_reason": {"type": ["string", "null"]},
         "include_already_sent": {"type": "boolean"}, "already_sent_count": {"type": "integer"},
-        "attach_pdf": {"type": "boolean"}, "resend_of_id": {"type": ["integer", "null"]},
+        "attach_pdf": {"type": "boolean"}, "track": {"type": "boolean"},
+        "resend_of_id": {"type": ["integer", "null"]},
         **{name: _DATE_TIME for name in ("send_at", "start_before", "stop_after", "started_at",
                                           "finished_at", "approved_at", "created_at")},
     },
@@ -83,6 +87,7 @@ def blast_json(blast: Blast) -> dict[str, Any]:
             "recipient_count": blast.recipient_count, "needs_approval": blast.needs_approval,
             "include_already_sent": blast.include_already_sent,
             "already_sent_count": blast.already_sent_count, "attach_pdf": blast.attach_pdf,
+            "track": blast.track,
             "paused_reason": blast.paused_reason, "resend_of_id": blast.resend_of_id,
             **{name: iso(getattr(blast, name)) for name in (
                 "send_at", "start_before", "stop_after", "started_at", "finished_at",
@@ -131,7 +136,7 @@ def create_blast(body: dict[str, Any]) -> Response:
             start_before=_when(body, "start_before"), stop_after=_when(body, "stop_after"),
             actor=actor(), now=utcnow(), schedule=body.get("schedule", True),
             include_already_sent=body.get("include_already_sent", False),
-            attach_pdf=body.get("attach_pdf", False))
+            attach_pdf=body.get("attach_pdf", False), track=body.get("track"))
     session.commit()
     return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})
 

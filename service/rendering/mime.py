@@ -31,6 +31,8 @@ _ENCODED_WORD_BYTES = 45  # UTF-8 bytes one base64 encoded word carries within 7
 POLICY = SMTP.clone(max_line_length=998)
 # The per-recipient values a template may print: ours, and the contact fields emails may print.
 PERSONAL_FIELDS = ("greeting", "unsubscribe_url", "full_name", *PRINTED_FIELDS)
+TRACK_FIELD = "track"  # the message's tracking token (pixel, tracked links); not for templates
+SPLICED_FIELDS = (*PERSONAL_FIELDS, TRACK_FIELD)
 _MARKER = re.compile(r"@@cq\.(\w+)@@")
 # C0 and C1 controls, DEL and the Unicode line/paragraph separators become a space; the bidi
 # embeddings, overrides and isolates (U+202A-202E, U+2066-2069) are dropped: in a Subject or a
@@ -72,7 +74,7 @@ def compile_body(text: str, *, html: bool = False) -> list[bytes | Hole]:
             pieces.append(qp("\n".join(static) + "\n"))
             static = []
         parts = tuple(_MARKER.split(line))
-        unknown = [name for name in parts[1::2] if name not in PERSONAL_FIELDS]
+        unknown = [name for name in parts[1::2] if name not in SPLICED_FIELDS]
         if unknown:
             raise RenderError(f"unknown personal field {unknown[0]!r}")
         pieces.append(Hole(parts, html))

@@ -102,6 +102,8 @@ def blast_new(release_id: int) -> ResponseReturnValue:
     settings = current_settings()
     release = releases.get_release(session, release_id)
     form = ScheduleForm()
+    if request.method == "GET":  # the box starts as the setting says
+        form.track.data = settings.tracking_default
     form.lists.choices = options([(name, f"{name} ({count})")
                                   for name, count in contacts.list_counts(session)])
     form.media_type.choices = options([("", _("All")), *[(m.value, _("media:" + m.value))
@@ -144,7 +146,8 @@ def blast_new(release_id: int) -> ResponseReturnValue:
                                    filters=filters, send_at=send_at, start_before=start_before,
                                    stop_after=stop_after, actor=user.email, actor_role=user.role,
                                    now=now, schedule=may_schedule, include_already_sent=include,
-                                   attach_pdf=bool(form.attach_pdf.data))
+                                   attach_pdf=bool(form.attach_pdf.data),
+                                   track=bool(form.track.data))
     session.commit()
     if blast.status == BlastStatus.draft:
         flash(_("Blast saved. A sender must approve it before it is sent."), "info")

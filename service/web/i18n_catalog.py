@@ -374,4 +374,10 @@ FR: dict[str, str] = {
     "Each recipient gets the release in their language as a PDF, made once per language.":
         "Chaque destinataire reçoit le communiqué en PDF dans sa langue, produit une fois par langue.",
     "The release as a PDF": "Le communiqué en PDF",
+    # engagement tracking (issue 17)
+    "Record opens and clicks": "Mesurer les ouvertures et les clics",
+    "A tiny image and signed links record who opened and clicked; the footer says so. Contacts who asked not to be tracked never are.":
+        "Une image minuscule et des liens signés enregistrent qui a ouvert et cliqué ; le pied du message le dit. Les contacts qui ont refusé le suivi ne sont jamais suivis.",
+    "Tracking": "Suivi",
+    "Opens and clicks are recorded": "Ouvertures et clics mesurés",
 }
