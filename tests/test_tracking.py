@@ -140,3 +140,23 @@ def test_contact_opts_out_of_tracking_on_the_unsubscribe_page(db, smtp_settings,
     db.rollback()  # end the read: SQLite lets one writer in at a time
     assert client.get(pixel, headers={"User-Agent": PERSON}).status_code == 200
     assert db.scalar(select(Engagement.id)) is None
+
+
+def test_spliced_token_lines_decode_to_the_text_with_the_token() -> None:
+    """A line holding only the tracking token is encoded once with soft breaks around it: decoded,
+    it is the line with the token in place, whatever its length and its escapes; each encoded line
+    stays within 76 characters."""
+    import binascii
+
+    from service.rendering import mime
+
+    for prefix in ("", "é" * 40, "x" * 74, "x" * 75 + "=", 'href="https://press.example.org/c/',
+                   "a" * 73 + "é" + "b" * 200, " " * 80):
+        for token in ("1-2-0123456789abcdef0123", "123456789012345678-9-aa"):
+            line = f"{prefix}{mime.marker('track')}/1.{'Q' * 90}.sig é"
+            [piece] = mime.compile_body(line)
+            assert isinstance(piece, mime.Splice)
+            encoded = token.encode().join(piece.parts)
+            assert all(len(row) <= 76 for row in encoded.split(b"\r\n"))
+            decoded = binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")).decode()
+            assert decoded == line.replace(mime.marker("track"), token) + "\n"

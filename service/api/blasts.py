@@ -151,6 +151,38 @@ def get_blast(blast_id: int) -> Response:
                                                             "status": str(progress["status"])}})
 
 
+_FIGURES = {"type": "object", "properties": {
+    **{name: {"type": "integer"} for name in ("recipients", "sent", "delivered", "bounced", "failed",
+                                              "opened", "opened_by_machines", "clicked")},
+    "rates": {"type": "object", "additionalProperties": {"type": ["number", "null"]}}}}
+REPORT = registry.schema("BlastReport", {
+    "type": "object", "required": ["blast_id", "totals", "groups", "top_links", "openers"],
+    "properties": {
+        "blast_id": {"type": "integer"}, "release_title": {"type": "string"},
+        "track": {"type": "boolean"}, "started_at": _DATE_TIME, "totals": _FIGURES,
+        "groups": {"type": "object", "description": "outlet, media_type, country, language: one "
+                   "entry per value (\"value\" plus the figures)",
+                   "additionalProperties": {"type": "array", "items": _FIGURES}},
+        "deliveries_per_minute": {"type": "array", "items": {"type": "object"}},
+        "opens_per_hour": {"type": "array", "items": {"type": "integer"},
+                           "description": "people's first opens per hour, the first 72 hours"},
+        "top_links": {"type": "array", "items": {"type": "object"}},
+        "openers": {"type": "array", "items": {"type": "object"},
+                    "description": "the journalists who opened (people, not machines)"},
+    },
+})
+
+
+@registry.route("/blasts/<id:blast_id>/report", "GET", summary="The blast report: delivered, "
+                "bounced, opened (people apart from machines), clicked, per outlet, media type, "
+                "country and language; top links; who opened", tag="blasts", response=REPORT,
+                errors=(404,), scope="read")
+def get_blast_report(blast_id: int) -> Response:
+    from service.delivery.report import blast_report
+
+    return json_response(blast_report(db_session(), blast_id).as_dict())
+
+
 @registry.route("/blasts/<id:blast_id>/progress", "GET", summary="Counts per status, rate, ETA",
                 tag="blasts", response=PROGRESS, errors=(404,))
 def get_blast_progress(blast_id: int) -> Response:

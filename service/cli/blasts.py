@@ -125,6 +125,31 @@ def show(context: Context, blast_id: int, as_json: bool) -> None:
     emit(data, as_json, text)
 
 
+@blasts.command("report")
+@click.argument("blast_id", type=int)
+@json_option
+@pass_context
+def report(context: Context, blast_id: int, as_json: bool) -> None:
+    """The blast report: sent, delivered, bounced, opened (people; machines apart), clicked."""
+    from service.delivery.report import blast_report
+
+    with context.session() as session:
+        data = blast_report(session, blast_id).as_dict()
+    totals, rates = data["totals"], data["totals"]["rates"]
+
+    def pct(rate: float | None) -> str:
+        return "-" if rate is None else f"{rate:.1%}"
+
+    lines = [f"blast {blast_id}: {data['release_title']}",
+             f"sent {totals['sent']}, delivered {totals['delivered']} ({pct(rates['delivered'])}), "
+             f"bounced {totals['bounced']}, failed {totals['failed']}",
+             f"opened {totals['opened']} ({pct(rates['opened'])}), by machines only "
+             f"{totals['opened_by_machines']}, clicked {totals['clicked']} ({pct(rates['clicked'])})"
+             + ("" if data["track"] else " (not tracked)")]
+    lines += [f"  {link['people']:>5} {link['url']}" for link in data["top_links"]]
+    emit(data, as_json, "\n".join(lines))
+
+
 def _state_command(name: str, action: Any, help_text: str) -> None:
     @blasts.command(name, help=help_text)
     @click.argument("blast_id", type=int)

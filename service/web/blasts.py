@@ -199,6 +199,48 @@ def blast_export(blast_id: int) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}.csv"'})
 
 
+# ---- the blast report ------------------------------------------------------------
+
+def _report(blast_id: int) -> Any:
+    from service.delivery.report import blast_report
+
+    return blast_report(db_session(), blast_id)
+
+
+@bp.route("/blasts/<id:blast_id>/report")
+@login_required
+def blast_report(blast_id: int) -> ResponseReturnValue:
+    from service.delivery.report_charts import CHARTS
+
+    report = _report(blast_id)
+    sort = request.args.get("sort", "first_at")
+    if sort in ("name", "outlet", "opens", "clicks", "first_at"):
+        report.openers.sort(key=lambda opener: (opener[sort] is None, opener[sort] or ""),
+                            reverse=sort in ("opens", "clicks"))
+    return render_template("blasts/report.html", blast=_blasts().get_blast(db_session(), blast_id),
+                           report=report, charts=CHARTS, sort=sort)
+
+
+@bp.route("/blasts/<id:blast_id>/report/<any(deliveries, opens, outlets, media_types):chart>.svg")
+@login_required
+def blast_report_chart(blast_id: int, chart: str) -> Response:
+    """A chart as an SVG image (no script: the page shows it with <img>, the CSP allows it)."""
+    from service.delivery.report_charts import chart_svg
+    from service.web.i18n import current_language
+
+    svg = chart_svg(_report(blast_id), chart, current_language())
+    return Response(svg, mimetype="image/svg+xml", headers={"Cache-Control": "private, max-age=60"})
+
+
+@bp.route("/blasts/<id:blast_id>/report.csv")
+@login_required
+def blast_report_csv(blast_id: int) -> Response:
+    from service.delivery.report import report_csv
+
+    return Response(report_csv(_report(blast_id)), mimetype="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}-report.csv"'})
+
+
 def _act(blast_id: int, action: str) -> ResponseReturnValue:
     user = _user()
     settings = current_settings()
