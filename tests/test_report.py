@@ -4,8 +4,11 @@ page, in the API, from the CLI and in the CSV; charts as script-free SVG, in Fre
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 from test_tracking import PERSON, _html, _paths, _send
 from webutil import make_user, sign_in
@@ -102,3 +105,31 @@ def test_charts_read_in_french_and_english(db, smtp_settings, smtpd, client) -> 
     assert "Ouvertures" in chart_svg(report, "opens", "fr")
     assert "Per outlet" in chart_svg(report, "outlets", "en")
     assert report.as_dict()["totals"]["opened"] == 0 and not report.track
+
+
+@pytest.mark.skipif(not (shutil.which("pdftoppm") and shutil.which("pdftotext")),
+                    reason="poppler-utils missing: run scripts/setup-system")
+def test_report_as_pdf_has_the_title_figures_and_outlets(db, smtp_settings, smtpd, client,  # type: ignore[no-untyped-def]
+                                                          artifacts):
+    """The report PDF (French for a French-speaking user): the release title, the figures, the
+    top outlets; its first page rendered to PNG among the test artifacts."""
+    blast_id = _send(db, smtp_settings, track=True)
+    _engage(db, smtp_settings, smtpd, client)
+    make_user(db, "presse@onmt.example.org")
+    db.commit()
+    sign_in(client, "presse@onmt.example.org")
+    response = client.get(f"/blasts/{blast_id}/report.pdf")
+    assert response.status_code == 200 and response.mimetype == "application/pdf"
+    pdf_file = artifacts / "blast-report.pdf"
+    pdf_file.write_bytes(response.data)
+    text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf_file), "-"], check=True,
+                          capture_output=True).stdout.decode()
+    assert "Marrakech accueille" in text and "envoyés" in text
+    assert "Medias24" in text and "ouverts (personnes)" in text
+    for old in artifacts.glob("blast-report-*.png"):
+        old.unlink()
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf_file), str(artifacts / "blast-report")],
+                   check=True)
+    assert (artifacts / "blast-report-1.png").stat().st_size > 10_000
+    assert int(subprocess.run(["pdfinfo", str(pdf_file)], check=True, capture_output=True).stdout
+               .decode().split("Pages:")[1].split()[0]) <= 2

@@ -241,6 +241,16 @@ def blast_report_csv(blast_id: int) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}-report.csv"'})
 
 
+@bp.route("/blasts/<id:blast_id>/report.pdf")
+@login_required
+def blast_report_pdf(blast_id: int) -> Response:
+    from service.delivery.report_pdf import report_pdf
+    from service.web.i18n import current_language
+
+    return Response(report_pdf(_report(blast_id), current_language()), mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="blast-{blast_id}-report.pdf"'})
+
+
 def _act(blast_id: int, action: str) -> ResponseReturnValue:
     user = _user()
     settings = current_settings()

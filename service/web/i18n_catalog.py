@@ -391,4 +391,5 @@ FR: dict[str, str] = {
     "Per outlet": "Par média", "Per media type": "Par type de média", "Per country": "Par pays",
     "Per language version": "Par version linguistique", "Deliveries per minute": "Remises par minute",
     "People's opens over the first 72 hours": "Ouvertures (personnes) sur les 72 premières heures",
+    "The report as a PDF": "Le rapport en PDF",
 }
