@@ -93,6 +93,8 @@ class Settings:
     # ---- inbound mail (issue 15): bounces, complaints, unsubscribes by mail, replies -----------
     bounce_address: str = ""  # VERP envelope sender base, e.g. bounces@press.example.org; off when empty
     soft_bounce_limit: int = 3  # temporary failures on separate blasts before a contact is bounced
+    tracking_default: bool = False  # a new blast records opens and clicks unless told otherwise
+    tracking_scanner_seconds: int = 30  # an open or click this soon after delivery is a machine's
     inbound_max_bytes: int = 10 * 1024 * 1024  # largest message the inbound listener accepts
     reply_address: str = ""  # Reply-To base, e.g. replies@press.example.org; off when empty
     replies_forward_to: str = ""  # where replies are forwarded; empty: the release's reply-to or From
@@ -260,6 +262,8 @@ class Settings:
                  "press-office@example.org")
         if self.soft_bounce_limit < 1:
             fail("soft_bounce_limit", "must be at least 1")
+        if self.tracking_scanner_seconds < 0:
+            fail("tracking_scanner_seconds", "must be 0 or more")
         if self.inbound_max_bytes < 1024:
             fail("inbound_max_bytes", "must be at least 1024 bytes")
 

@@ -148,6 +148,7 @@ class Contact(Base):
     tags: Mapped[str] = mapped_column(Text, default=",", nullable=False)
     status: Mapped[str] = mapped_column(String(20), default=ContactStatus.active, index=True)
     consent_source: Mapped[str | None] = mapped_column(String(300))
+    do_not_track: Mapped[bool | None] = mapped_column(Boolean)  # None: not said (tracked if the blast is)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = _created()
@@ -268,6 +269,8 @@ class Blast(Base):
     already_sent_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Every message carries the release (its recipient's language variant) as a PDF.
     attach_pdf: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Opens and clicks are recorded (a pixel, signed redirects), said in the footer; opt-in.
+    track: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     approved_by: Mapped[str | None] = mapped_column(String(320))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     approved_hash: Mapped[str | None] = mapped_column(String(64))  # the content approved
@@ -347,6 +350,32 @@ class DeliveryLog(Base):
     error_type: Mapped[str | None] = mapped_column(String(100))
     duration_seconds: Mapped[float | None] = mapped_column(Float)
     at: Mapped[datetime] = _created()
+
+
+class EngagementKind(StrEnum):
+    open = "open"
+    click = "click"
+
+
+class Engagement(Base):
+    """Opens and clicks of one ledger row: one row per (message, kind, link, person or machine),
+    with the first and last time and how many times."""
+
+    __tablename__ = "engagements"
+    __table_args__ = (UniqueConstraint("queued_message_id", "kind", "url", "is_machine"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    queued_message_id: Mapped[int] = mapped_column(
+        ForeignKey("queued_messages.id", ondelete="CASCADE"))
+    blast_id: Mapped[int] = mapped_column(ForeignKey("blasts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    url: Mapped[str] = mapped_column(String(2000), default="")  # "" for an open
+    is_machine: Mapped[bool] = mapped_column(Boolean, default=False)
+    machine_reason: Mapped[str | None] = mapped_column(String(40))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class User(Base):

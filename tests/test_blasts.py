@@ -318,7 +318,7 @@ def test_cli_creates_shows_pauses_and_exports_a_blast(db: Session, runner) -> No
     assert created.exit_code == 0, created.output
     data = json.loads(created.output)
     assert data == {"id": data["id"], "status": "running", "recipients": 3, "already_sent": 0,
-                    "attach_pdf": False}
+                    "attach_pdf": False, "track": False}
     shown = json.loads(runner.invoke(main, ["blasts", "show", str(data["id"]), "--json"]).output)
     assert shown["counts"]["queued"] == 3 and shown["status"] == "running" and "eta" in shown
     assert "paused" in runner.invoke(main, ["blasts", "pause", str(data["id"])]).output

@@ -44,6 +44,8 @@ def _sample(field: fields.ContactField) -> str:
         return "Elodie.Martin@lemonde.example"
     if field.kind is Kind.tags:
         return "économie, tourisme"
+    if field.kind is Kind.flag:
+        return "oui"
     return {Kind.language: "fr", Kind.country: "FR", Kind.media_type: "print"}.get(
         field.kind, f"{field.name} of Élodie"[:field.max_length])
 
@@ -52,6 +54,8 @@ def _stored(field: fields.ContactField) -> Any:
     """The sample as it is stored and returned."""
     if field.kind is Kind.tags:
         return ["économie", "tourisme"]
+    if field.kind is Kind.flag:
+        return True
     return _sample(field)
 
 

@@ -39,6 +39,9 @@ BLAST_CREATE = {
         "attach_pdf": {"type": "boolean", "default": False,
                        "description": "attach the release as a PDF (the recipient's language "
                                       "variant) to every message"},
+        "track": {"type": "boolean",
+                  "description": "record opens and clicks (stated in the email footer); default: "
+                                 "the COMMUNIQUE_TRACKING_DEFAULT setting"},
     },
 }
 SCHEDULE = {"type": "object", "additionalProperties": False, "required": ["send_at"],
@@ -52,7 +55,8 @@ BLAST = registry.schema("Blast", {
         "filters": {"type": "object"}, "recipient_count": {"type": "integer"},
         "needs_approval": {"type": "boolean"}, "paused_reason": {"type": ["string", "null"]},
         "include_already_sent": {"type": "boolean"}, "already_sent_count": {"type": "integer"},
-        "attach_pdf": {"type": "boolean"}, "resend_of_id": {"type": ["integer", "null"]},
+        "attach_pdf": {"type": "boolean"}, "track": {"type": "boolean"},
+        "resend_of_id": {"type": ["integer", "null"]},
         **{name: _DATE_TIME for name in ("send_at", "start_before", "stop_after", "started_at",
                                           "finished_at", "approved_at", "created_at")},
     },
@@ -97,6 +101,7 @@ def blast_json(blast: Blast) -> dict[str, Any]:
             "recipient_count": blast.recipient_count, "needs_approval": blast.needs_approval,
             "include_already_sent": blast.include_already_sent,
             "already_sent_count": blast.already_sent_count, "attach_pdf": blast.attach_pdf,
+            "track": blast.track,
             "paused_reason": blast.paused_reason, "resend_of_id": blast.resend_of_id,
             **{name: iso(getattr(blast, name)) for name in (
                 "send_at", "start_before", "stop_after", "started_at", "finished_at",
@@ -151,7 +156,7 @@ def create_blast(body: dict[str, Any]) -> Response:
             start_before=_when(body, "start_before"), stop_after=_when(body, "stop_after"),
             actor=actor(), now=utcnow(), schedule=body.get("schedule", True),
             include_already_sent=body.get("include_already_sent", False),
-            attach_pdf=body.get("attach_pdf", False))
+            attach_pdf=body.get("attach_pdf", False), track=body.get("track"))
     session.commit()
     return json_response(blast_json(blast), 201, {"Location": f"/api/v1/blasts/{blast.id}"})
 
@@ -164,6 +169,38 @@ def get_blast(blast_id: int) -> Response:
     progress = blasts.blast_progress(session, blast_id, now=utcnow())
     return json_response({**blast_json(blast), "progress": {**progress,
                                                             "status": str(progress["status"])}})
+
+
+_FIGURES = {"type": "object", "properties": {
+    **{name: {"type": "integer"} for name in ("recipients", "sent", "delivered", "bounced", "failed",
+                                              "opened", "opened_by_machines", "clicked")},
+    "rates": {"type": "object", "additionalProperties": {"type": ["number", "null"]}}}}
+REPORT = registry.schema("BlastReport", {
+    "type": "object", "required": ["blast_id", "totals", "groups", "top_links", "openers"],
+    "properties": {
+        "blast_id": {"type": "integer"}, "release_title": {"type": "string"},
+        "track": {"type": "boolean"}, "started_at": _DATE_TIME, "totals": _FIGURES,
+        "groups": {"type": "object", "description": "outlet, media_type, country, language: one "
+                   "entry per value (\"value\" plus the figures)",
+                   "additionalProperties": {"type": "array", "items": _FIGURES}},
+        "deliveries_per_minute": {"type": "array", "items": {"type": "object"}},
+        "opens_per_hour": {"type": "array", "items": {"type": "integer"},
+                           "description": "people's first opens per hour, the first 72 hours"},
+        "top_links": {"type": "array", "items": {"type": "object"}},
+        "openers": {"type": "array", "items": {"type": "object"},
+                    "description": "the journalists who opened (people, not machines)"},
+    },
+})
+
+
+@registry.route("/blasts/<id:blast_id>/report", "GET", summary="The blast report: delivered, "
+                "bounced, opened (people apart from machines), clicked, per outlet, media type, "
+                "country and language; top links; who opened", tag="blasts", response=REPORT,
+                errors=(404,), scope="read")
+def get_blast_report(blast_id: int) -> Response:
+    from service.delivery.report import blast_report
+
+    return json_response(blast_report(db_session(), blast_id).as_dict())
 
 
 @registry.route("/blasts/<id:blast_id>/progress", "GET", summary="Counts per status, rate, ETA",

@@ -58,12 +58,14 @@ def blasts() -> None:
               help="Also send to contacts who already received this release (left out by default).")
 @click.option("--attach-pdf", is_flag=True,
               help="Attach the release as a PDF (in each recipient's language) to every message.")
+@click.option("--track/--no-track", default=None,
+              help="Record opens and clicks (said in the footer); default COMMUNIQUE_TRACKING_DEFAULT.")
 @json_option
 @pass_context
 def create(context: Context, release_id: int, list_names: tuple[str, ...], send_at: str | None,
            start_before: str | None, stop_after: str | None, language: tuple[str, ...],
            country: tuple[str, ...], media_type: tuple[str, ...], tag: tuple[str, ...],
-           include_already_sent: bool, attach_pdf: bool, as_json: bool) -> None:
+           include_already_sent: bool, attach_pdf: bool, track: bool | None, as_json: bool) -> None:
     """Create a blast; without --at it starts now. Contacts who already received the release
     (in any language) are left out unless --include-already-sent."""
     filters = {k: list(v) for k, v in (("languages", language), ("countries", country),
@@ -75,14 +77,15 @@ def create(context: Context, release_id: int, list_names: tuple[str, ...], send_
                                  start_before=_parse_time(start_before, context, "start_before"),
                                  stop_after=_parse_time(stop_after, context, "stop_after"),
                                  actor=ACTOR, now=utcnow(), include_already_sent=include_already_sent,
-                                 attach_pdf=attach_pdf)
+                                 attach_pdf=attach_pdf, track=track)
         except ValidationError as exc:
             past = [e for e in exc.errors if e.field == "send_at"]
             if past:  # a usage error: exit status 2, like any bad option
                 raise click.BadParameter(past[0].reason, param_hint="'--at'") from exc
             raise
         data = {"id": blast.id, "status": str(blast.status), "recipients": blast.recipient_count,
-                "already_sent": blast.already_sent_count, "attach_pdf": blast.attach_pdf}
+                "already_sent": blast.already_sent_count, "attach_pdf": blast.attach_pdf,
+                "track": blast.track}
         when = blast.send_at.isoformat() if blast.send_at else "now"
     left_out = ""
     if data["already_sent"]:
@@ -123,6 +126,31 @@ def show(context: Context, blast_id: int, as_json: bool) -> None:
     if data.get("paused_reason"):
         text += f"\npaused: {data['paused_reason']}"
     emit(data, as_json, text)
+
+
+@blasts.command("report")
+@click.argument("blast_id", type=int)
+@json_option
+@pass_context
+def report(context: Context, blast_id: int, as_json: bool) -> None:
+    """The blast report: sent, delivered, bounced, opened (people; machines apart), clicked."""
+    from service.delivery.report import blast_report
+
+    with context.session() as session:
+        data = blast_report(session, blast_id).as_dict()
+    totals, rates = data["totals"], data["totals"]["rates"]
+
+    def pct(rate: float | None) -> str:
+        return "-" if rate is None else f"{rate:.1%}"
+
+    lines = [f"blast {blast_id}: {data['release_title']}",
+             f"sent {totals['sent']}, delivered {totals['delivered']} ({pct(rates['delivered'])}), "
+             f"bounced {totals['bounced']}, failed {totals['failed']}",
+             f"opened {totals['opened']} ({pct(rates['opened'])}), by machines only "
+             f"{totals['opened_by_machines']}, clicked {totals['clicked']} ({pct(rates['clicked'])})"
+             + ("" if data["track"] else " (not tracked)")]
+    lines += [f"  {link['people']:>5} {link['url']}" for link in data["top_links"]]
+    emit(data, as_json, "\n".join(lines))
 
 
 def _state_command(name: str, action: Any, help_text: str) -> None:

@@ -25,6 +25,7 @@ class Kind(StrEnum):
     country = "country"
     media_type = "media_type"
     tags = "tags"
+    flag = "flag"  # yes/no; empty means "not said" (None)
 
 
 class EmailUse(StrEnum):
@@ -55,6 +56,8 @@ class ContactField:
         if self.kind is Kind.tags:
             return {"type": "array", "items": {"type": "string", "maxLength": TAG_MAX_LENGTH},
                     "maxItems": TAG_MAX_COUNT}
+        if self.kind is Kind.flag:
+            return {"type": ["boolean", "string", "null"], "maxLength": 10}
         return {"type": ["string", "null"], "maxLength": self.input_max_length or self.max_length}
 
     @property
@@ -64,6 +67,8 @@ class ContactField:
             return {"type": "string"}
         if self.kind is Kind.tags:
             return {"type": "array", "items": {"type": "string"}}
+        if self.kind is Kind.flag:
+            return {"type": ["boolean", "null"]}
         return {"type": ["string", "null"]}
 
 
@@ -118,6 +123,12 @@ FIELDS: tuple[ContactField, ...] = (
         "consent_source", "Source", "Source", Kind.text, 300, in_form=False,
         headers=("source", "consentement", "consent", "consent source", "source du consentement",
                  "origine", "origin", "opt in source")),
+    ContactField(
+        # Read with each message: such a contact gets no tracking pixel and no tracked links.
+        "do_not_track", "Do not track", "Ne pas suivre", Kind.flag, None, in_form=False,
+        emails=EmailUse.read,
+        headers=("do not track", "dnt", "ne pas suivre", "no tracking", "pas de suivi",
+                 "sans suivi")),
 )
 # What each message loads from its contact (the address first), and what templates may print.
 RECIPIENT_FIELDS = tuple(field.name for field in FIELDS if field.emails is not EmailUse.none)

@@ -273,6 +273,17 @@ def unsubscribe_contact(session: Session, contact_id: int, *, now: datetime,
     return contact
 
 
+def set_do_not_track(session: Session, contact_id: int, *, now: datetime) -> Contact:
+    """The journalist asked not to be tracked: no pixel and no tracked link in later messages,
+    and no open or click of earlier ones recorded."""
+    contact = get_contact(session, contact_id)
+    if not contact.do_not_track:
+        contact.do_not_track = True
+        contact.updated_at = now
+        log.info("contact %s: asked not to be tracked", contact.id)
+    return contact
+
+
 def mark_bounced(session: Session, contact_id: int, *, now: datetime) -> None:
     """A permanent 5.1.x refusal: the address does not exist, so no later blast mails it."""
     contact = session.get(Contact, contact_id)

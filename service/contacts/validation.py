@@ -199,6 +199,9 @@ def validate_contact(data: Mapping[str, Any], *, partial: bool = False) -> dict[
             if field.kind is Kind.tags:
                 clean[name] = normalize_tags(raw)
                 continue
+            if field.kind is Kind.flag:
+                clean[name] = normalize_flag(raw)
+                continue
             text = clean_text(raw)
             if field.kind is Kind.email:
                 clean[name], clean["email_key"] = normalize_email(text or "")
@@ -217,6 +220,24 @@ def validate_contact(data: Mapping[str, Any], *, partial: bool = False) -> dict[
     if errors:
         raise ValidationError(errors)
     return clean
+
+
+_YES = {"1", "true", "yes", "y", "oui", "o", "x", "si", "sí", "نعم"}
+_NO = {"0", "false", "no", "n", "non", "لا"}
+
+
+def normalize_flag(raw: Any) -> bool | None:
+    """A yes/no cell or JSON value: True, False, or None when empty (not said)."""
+    if raw is None or isinstance(raw, bool):
+        return raw
+    text = (clean_text(raw) or "").lower()
+    if not text:
+        return None
+    if text in _YES:
+        return True
+    if text in _NO:
+        return False
+    raise ValueError("not yes or no")
 
 
 _NORMALIZERS: dict[Kind, Callable[[str], str]] = {

@@ -271,8 +271,10 @@ def create_blast(session: Session, settings: Settings, *, release_id: int, list_
                  start_before: datetime | None = None, stop_after: datetime | None = None,
                  actor: str | None = None, now: datetime, resend_of_id: int | None = None,
                  schedule: bool = True, actor_role: str | None = None,
-                 include_already_sent: bool = False, attach_pdf: bool = False) -> Blast:
-    """Create a blast; with `attach_pdf` every message carries the release as a PDF. Without
+                 include_already_sent: bool = False, attach_pdf: bool = False,
+                 track: bool | None = None) -> Blast:
+    """Create a blast; with `attach_pdf` every message carries the release as a PDF; with
+    `track` opens and clicks are recorded (None: COMMUNIQUE_TRACKING_DEFAULT). Without
     `send_at` it starts now (its ledger rows exist on return). With
     `schedule=False`, or an editor's blast when approval is required, it stays a draft.
     Contacts who already received the release (any variant, any blast) are left out unless
@@ -301,7 +303,8 @@ def create_blast(session: Session, settings: Settings, *, release_id: int, list_
                   stop_after=stop_after, filters=clean_filters(filters), resend_of_id=resend_of_id,
                   needs_approval=needs_approval, created_by=actor, created_at=now, updated_at=now,
                   include_already_sent=include_already_sent, already_sent_count=already,
-                  attach_pdf=attach_pdf)
+                  attach_pdf=attach_pdf,
+                  track=settings.tracking_default if track is None else track)
     blast.lists = lists
     session.add(blast)
     session.flush()
@@ -546,7 +549,7 @@ def resend_to_unsent(session: Session, settings: Settings, blast_id: int, *, act
     return create_blast(session, settings, release_id=original.release_id,
                         list_names=[c.name for c in original.lists], filters=original.filters,
                         send_at=send_at, actor=actor, now=now, resend_of_id=original.id,
-                        attach_pdf=original.attach_pdf)
+                        attach_pdf=original.attach_pdf, track=original.track)
 
 
 def cancel_unsent(session: Session, blast_id: int, *, now: datetime) -> int:

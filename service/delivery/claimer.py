@@ -186,8 +186,11 @@ class Claimer:
 
     def _prepare(self, session: Session, blast_id: int, release_id: int) -> Prepared:
         try:
-            attach_pdf = bool(session.scalar(select(Blast.attach_pdf).where(Blast.id == blast_id)))
-            return Prepared(prepare_release(session, release_id, self.settings, attach_pdf=attach_pdf))
+            options = session.execute(select(Blast.attach_pdf, Blast.track)
+                                      .where(Blast.id == blast_id)).one_or_none()
+            attach_pdf, track = (bool(options[0]), bool(options[1])) if options else (False, False)
+            return Prepared(prepare_release(session, release_id, self.settings,
+                                            attach_pdf=attach_pdf, track=track))
         except (NotFound, RenderError) as exc:
             log.error("blast %s: release %s cannot be prepared: %s", blast_id, release_id, exc)
             return Prepared(None, f"the release cannot be rendered: {exc}")

@@ -31,6 +31,8 @@ _ENCODED_WORD_BYTES = 45  # UTF-8 bytes one base64 encoded word carries within 7
 POLICY = SMTP.clone(max_line_length=998)
 # The per-recipient values a template may print: ours, and the contact fields emails may print.
 PERSONAL_FIELDS = ("greeting", "unsubscribe_url", "full_name", *PRINTED_FIELDS)
+TRACK_FIELD = "track"  # the message's tracking token (pixel, tracked links); not for templates
+SPLICED_FIELDS = (*PERSONAL_FIELDS, TRACK_FIELD)
 _MARKER = re.compile(r"@@cq\.(\w+)@@")
 # C0 and C1 controls, DEL and the Unicode line/paragraph separators become a space; the bidi
 # embeddings, overrides and isolates (U+202A-202E, U+2066-2069) are dropped: in a Subject or a
@@ -60,9 +62,44 @@ class Hole:
     html: bool = False
 
 
-def compile_body(text: str, *, html: bool = False) -> list[bytes | Hole]:
+@dataclass(frozen=True)
+class Splice:
+    """A body line whose only personal value is the tracking token (digits, hex and "-", no
+    escaping needed): its text is encoded once, ending in soft line breaks (RFC 2045 §6.7 rule 5)
+    where the token goes, so a message only copies the token in (tracked links, the pixel)."""
+
+    parts: tuple[bytes, ...]  # encoded text; the token goes between each two
+
+
+def _soft_qp(text: str) -> bytes:
+    """`text` (no line end) quoted-printable, ending in a soft line break."""
+    if not text:
+        return b""
+    encoded = qp(text)
+    head, _, last = encoded.rpartition(b"\n")
+    lines = [head + b"\n"] if head else []
+    while len(last) > 75:  # room for the "=" of the soft break, an escape "=XX" never cut
+        cut = 75
+        while b"=" in last[cut - 2:cut]:
+            cut -= 1
+        lines.append(last[:cut] + b"=\r\n")
+        last = last[cut:]
+    return b"".join(lines) + last + b"=\r\n"
+
+
+def _splice(parts: tuple[str, ...]) -> Splice:
+    texts = parts[0::2]
+    # Each text after a token starts with a soft break: the token ends its own short line.
+    encoded = [_soft_qp(texts[0])] + [b"=\r\n" + _soft_qp(text) for text in texts[1:-1]]
+    return Splice((*encoded, b"=\r\n" + qp(texts[-1] + "\n")))
+
+
+Piece = bytes | Hole | Splice
+
+
+def compile_body(text: str, *, html: bool = False) -> list[Piece]:
     """Split a rendered body into encoded static runs and the lines with personal markers."""
-    pieces: list[bytes | Hole] = []
+    pieces: list[Piece] = []
     static: list[str] = []
     for line in text.split("\n"):
         if "@@cq." not in line:
@@ -72,9 +109,12 @@ def compile_body(text: str, *, html: bool = False) -> list[bytes | Hole]:
             pieces.append(qp("\n".join(static) + "\n"))
             static = []
         parts = tuple(_MARKER.split(line))
-        unknown = [name for name in parts[1::2] if name not in PERSONAL_FIELDS]
+        unknown = [name for name in parts[1::2] if name not in SPLICED_FIELDS]
         if unknown:
             raise RenderError(f"unknown personal field {unknown[0]!r}")
+        if set(parts[1::2]) == {TRACK_FIELD}:
+            pieces.append(_splice(parts))
+            continue
         pieces.append(Hole(parts, html))
     if static:
         pieces.append(qp("\n".join(static) + "\n"))
@@ -217,19 +257,21 @@ class Skeleton:
     test_subject_line: bytes
     middle_headers: bytes  # MIME-Version ... up to List-Unsubscribe
     mailto: bytes  # ">, <mailto:...>" closing List-Unsubscribe
-    tail: list[bytes | Hole]  # remaining headers, blank line, all the parts
+    tail: list[Piece]  # remaining headers, blank line, all the parts
     reply_to_line: bytes = b""  # the release's own Reply-To line, if any
 
     def __post_init__(self) -> None:
         holes = [piece for piece in self.tail if isinstance(piece, Hole)]
-        self.fields = frozenset(name for hole in holes for name in hole.parts[1::2])  # values used
+        spliced = {TRACK_FIELD} if any(isinstance(piece, Splice) for piece in self.tail) else set()
+        self.fields = frozenset({name for hole in holes for name in hole.parts[1::2]}
+                                | spliced)  # values used
         self.html_fields = frozenset(name for hole in holes if hole.html for name in hole.parts[1::2])
         # Every line of a header value after the first starts with a space, and every tail piece
         # starts a line (the piece before it, static or personal, ends with CRLF).
         self._wire = (dot_stuff(self.from_line), dot_stuff(self.subject_line),
                       dot_stuff(self.test_subject_line), dot_stuff(self.middle_headers),
                       self.mailto.replace(b"\n.", b"\n.."),
-                      [dot_stuff(piece) if isinstance(piece, bytes) else piece for piece in self.tail],
+                      [_stuffed(piece) for piece in self.tail],
                       dot_stuff(self.reply_to_line))
 
     def build(self, *, to: str, date: str, message_id: str, unsubscribe_url: str, test: bool,
@@ -253,6 +295,8 @@ class Skeleton:
         for piece in tail:
             if isinstance(piece, bytes):
                 out.append(piece)
+            elif isinstance(piece, Splice):
+                out.append(values[TRACK_FIELD].encode("ascii").join(piece.parts))
             else:
                 chosen = html_values if piece.html else values
                 parts = piece.parts
@@ -264,6 +308,14 @@ class Skeleton:
         return b"".join(out)
 
 
+def _stuffed(piece: Piece) -> Piece:
+    if isinstance(piece, bytes):
+        return dot_stuff(piece)
+    if isinstance(piece, Splice):  # each part starts a line; the token starts with a digit
+        return Splice(tuple(dot_stuff(part) for part in piece.parts))
+    return piece
+
+
 def dot_stuff(lines: bytes) -> bytes:
     """RFC 5321 4.5.2 for bytes that start a line: "." doubled at the start of every line."""
     if lines.startswith(b"."):
@@ -271,13 +323,13 @@ def dot_stuff(lines: bytes) -> bytes:
     return lines.replace(b"\n.", b"\n..") if b"\n." in lines else lines
 
 
-def assemble_tail(*, static_headers: bytes, text_pieces: list[bytes | Hole],
-                  html_pieces: list[bytes | Hole], attachments: list[bytes]) -> list[bytes | Hole]:
+def assemble_tail(*, static_headers: bytes, text_pieces: list[Piece],
+                  html_pieces: list[Piece], attachments: list[bytes]) -> list[Piece]:
     """Headers after List-Unsubscribe, then multipart/alternative (text, then HTML), inside
     multipart/mixed when there are attachments."""
     alternative = new_boundary()
     alt_open = f'multipart/alternative;{FOLD}boundary="{alternative}"'.encode("ascii")
-    body: list[bytes | Hole] = [
+    body: list[Piece] = [
         f"--{alternative}\r\n".encode("ascii"), part_head("text/plain"), *text_pieces,
         f"--{alternative}\r\n".encode("ascii"), part_head("text/html"), *html_pieces,
         f"--{alternative}--\r\n".encode("ascii")]
@@ -287,7 +339,7 @@ def assemble_tail(*, static_headers: bytes, text_pieces: list[bytes | Hole],
     mixed = new_boundary()
     head = (static_headers + f'Content-Type: multipart/mixed;{FOLD}boundary="{mixed}"\r\n\r\n'
             .encode("ascii"))
-    out: list[bytes | Hole] = [head, f"--{mixed}\r\n".encode("ascii"), b"Content-Type: ", alt_open,
+    out: list[Piece] = [head, f"--{mixed}\r\n".encode("ascii"), b"Content-Type: ", alt_open,
                                CRLF + CRLF, *body]
     for part in attachments:
         out += [f"--{mixed}\r\n".encode("ascii"), part if part.endswith(CRLF) else part + CRLF]
@@ -295,8 +347,8 @@ def assemble_tail(*, static_headers: bytes, text_pieces: list[bytes | Hole],
     return _merge(out)
 
 
-def _merge(pieces: list[bytes | Hole]) -> list[bytes | Hole]:
-    merged: list[bytes | Hole] = []
+def _merge(pieces: list[Piece]) -> list[Piece]:
+    merged: list[Piece] = []
     for piece in pieces:
         if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
             merged[-1] = merged[-1] + piece

@@ -3,7 +3,7 @@
 CONTRACT (used by delivery, web, api, cli; keep these names and signatures):
     Recipient                          frozen dataclass of the personal fields
     Recipient.from_contact(contact)    build one from a models.Contact
-    prepare_release(session, release_id, settings, *, attach_pdf=False) -> PreparedRelease
+    prepare_release(session, release_id, settings, *, attach_pdf=False, track=False) -> PreparedRelease
     PreparedRelease.render(recipient, *, message_id, now, test=False, blast_id=None) -> RenderedMessage
     PreparedRelease.render_bytes(recipient, *, message_id, now, test=False, blast_id=None) -> bytes
         (hot path)
@@ -21,6 +21,9 @@ render_bytes only splices the personal bytes (To, greeting, unsubscribe link, Me
 and the VERP mailto and Reply-To when those come back to us).
 With attach_pdf, each variant's PDF (rendering/pdf.py, cached on disk) is encoded into its
 skeleton here, once: the worker copies those bytes like any other attachment.
+With track, each variant also gets a tracked skeleton (the footer says so, a pixel, links
+rewritten to signed redirects: rendering/tracking.py), used for ledger rows whose contact has
+not asked not to be tracked; the per-message token is spliced like the unsubscribe link.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from service.releases.markdown import TEXT_WIDTH, html_to_text, markdown_to_html
 from service.rendering import mime, pdf
 from service.rendering.email_templates import TEMPLATES
 from service.rendering.recipient import Recipient
+from service.rendering.tracking import TrackMaker, pixel_url, rewrite_links
 from service.rendering.unsubscribe import TokenMaker
 from service.rendering.verp import VerpMaker
 from service.rendering.words import STRINGS, embargo_notice, greeting_for, human_size, language_of
@@ -84,6 +88,7 @@ class Variant:
     text: str
     skeleton: mime.Skeleton
     static_headers: dict[str, str]
+    tracked: mime.Skeleton | None = None  # with tracking on: footer, pixel, rewritten links
 
 
 @dataclass
@@ -98,6 +103,7 @@ class PreparedRelease:
     warnings: tuple[str, ...] = ()
     verp: VerpMaker | None = None  # with COMMUNIQUE_BOUNCE_ADDRESS
     replies: VerpMaker | None = None  # with COMMUNIQUE_REPLY_ADDRESS
+    tracker: TrackMaker | None = None  # with tracking on
 
     @functools.cached_property
     def envelope_from(self) -> str:
@@ -145,13 +151,29 @@ class PreparedRelease:
         token = self.tokens.token(recipient.contact_id, blast_id,
                                   None if recipient.contact_id is not None else recipient.email)
         url = self.tokens.url(token)
-        return {name: _PERSONAL_VALUES[name](recipient, variant, url) for name in wanted}, url
+        values = {name: _PERSONAL_VALUES[name](recipient, variant, url) for name in wanted
+                  if name != "track"}
+        if "track" in wanted:  # only a tracked skeleton asks, and only for a ledger row
+            assert self.tracker is not None and blast_id is not None
+            assert recipient.contact_id is not None
+            values["track"] = self.tracker.token(blast_id, recipient.contact_id)
+        return values, url
+
+    def skeleton_for(self, recipient: Recipient, variant: Variant, blast_id: int | None,
+                     test: bool) -> mime.Skeleton:
+        """The tracked skeleton for a ledger row of a tracked blast, unless its contact said
+        not to be tracked; the plain one otherwise (test sends, previews)."""
+        tracked = variant.tracked
+        if (tracked is None or test or blast_id is None or recipient.contact_id is None
+                or recipient.do_not_track):
+            return variant.skeleton
+        return tracked
 
     def render_bytes(self, recipient: Recipient, *, message_id: str, now: datetime,
                      test: bool = False, blast_id: int | None = None, wire: bool = False) -> bytes:
         """The message; with `wire`, as it goes after SMTP DATA (dot-stuffed, ending ".\r\n")."""
         variant = self.variant_for(recipient)
-        skeleton = variant.skeleton
+        skeleton = self.skeleton_for(recipient, variant, blast_id, test)
         values, url = self._personal(recipient, variant, blast_id, skeleton.fields)
         _check_message_id(message_id)
         dkim = self.dkim
@@ -202,7 +224,7 @@ _PERSONAL_VALUES: dict[str, Callable[[Recipient, Variant, str], str]] = {
     "full_name": lambda recipient, _variant, _url: recipient.full_name,
     **{name: _printed(name) for name in PRINTED_FIELDS},
 }
-assert set(_PERSONAL_VALUES) == set(mime.PERSONAL_FIELDS)
+assert set(_PERSONAL_VALUES) == set(mime.PERSONAL_FIELDS)  # "track" is made in _personal
 
 _last_date: tuple[tuple[datetime, Any], str] | None = None
 
@@ -241,10 +263,12 @@ def _dkim_sign(raw: bytes, selector: bytes, domain: bytes, key: bytes) -> bytes:
 # ---- preparing a release ------------------------------------------------------------------
 
 def prepare_release(session: Session, release_id: int, settings: Settings, *,
-                    now: datetime | None = None, attach_pdf: bool = False) -> PreparedRelease:
+                    now: datetime | None = None, attach_pdf: bool = False,
+                    track: bool = False) -> PreparedRelease:
     """Load the release and its language variants and build each variant's skeleton once.
     With `now` past the embargo, the embargo notice is left out (of the PDF too). With
-    `attach_pdf`, each variant carries its own PDF as an attachment."""
+    `attach_pdf`, each variant carries its own PDF as an attachment. With `track`, each
+    variant also has its tracked skeleton."""
     release = session.get(Release, release_id)
     if release is None:
         raise NotFound(f"release {release_id} does not exist")
@@ -259,7 +283,8 @@ def prepare_release(session: Session, release_id: int, settings: Settings, *,
         if language in variants and member.id != release.id:
             continue
         variants[language] = _prepare_variant(member, settings, now=now,
-                                              sender=(from_name, from_address), attach_pdf=attach_pdf)
+                                              sender=(from_name, from_address), attach_pdf=attach_pdf,
+                                              track=track)
     dkim_key = None
     chosen = dkim_key_for(settings, from_address)
     if chosen is not None:
@@ -275,7 +300,8 @@ def prepare_release(session: Session, release_id: int, settings: Settings, *,
                            from_address, tokens, dkim_key, (warning,) if warning else (),
                            VerpMaker(settings) if settings.bounce_address else None,
                            VerpMaker(settings, settings.reply_address) if settings.reply_address
-                           else None)
+                           else None,
+                           TrackMaker(settings) if track else None)
 
 
 def _domain_of(address: str) -> str:
@@ -460,7 +486,8 @@ def _inline_css(source: str) -> str:
 
 
 def _prepare_variant(release: Release, settings: Settings, *, now: datetime | None,
-                     sender: tuple[str, str], attach_pdf: bool = False) -> Variant:
+                     sender: tuple[str, str], attach_pdf: bool = False,
+                     track: bool = False) -> Variant:
     context = release_context(release, settings, now=now, sender=sender)
     context.update(_personal_markers())
     html_body, text_body = render_templates(context)
@@ -486,20 +513,28 @@ def _prepare_variant(release: Release, settings: Settings, *, now: datetime | No
         data = pdf.release_pdf(release, settings, release_context(release, settings, now=now,
                                                                   sender=sender), now=now)
         attachments.append(mime.attachment_part(pdf.pdf_filename(release), pdf.CONTENT_TYPE, data))
-    tail = mime.assemble_tail(
-        static_headers=one_click,
-        text_pieces=mime.compile_body(text_body), html_pieces=mime.compile_body(html_body, html=True),
-        attachments=attachments)
     unsubscribe_mailbox = mime.ascii_address(settings.bounce_address or from_address)
-    skeleton = mime.Skeleton(
-        from_line=_from_line(from_name, from_address),
-        subject_line=mime.header_line("Subject", subject),
-        test_subject_line=mime.header_line("Subject", f"[TEST] {subject}"),
-        middle_headers=middle,
-        mailto=f">,{mime.FOLD}<mailto:{unsubscribe_mailbox}?subject=unsubscribe>\r\n".encode("ascii"),
-        tail=tail, reply_to_line=reply_to_line)
+
+    def skeleton(html_part: str, text_part: str) -> mime.Skeleton:
+        tail = mime.assemble_tail(
+            static_headers=one_click, text_pieces=mime.compile_body(text_part),
+            html_pieces=mime.compile_body(html_part, html=True), attachments=attachments)
+        return mime.Skeleton(
+            from_line=_from_line(from_name, from_address),
+            subject_line=mime.header_line("Subject", subject),
+            test_subject_line=mime.header_line("Subject", f"[TEST] {subject}"),
+            middle_headers=middle,
+            mailto=f">,{mime.FOLD}<mailto:{unsubscribe_mailbox}?subject=unsubscribe>\r\n"
+            .encode("ascii"),
+            tail=tail, reply_to_line=reply_to_line)
+
+    tracked = None
+    if track:
+        context["tracking"] = {"pixel": Markup(pixel_url(settings))}
+        tracked_html, tracked_text = render_templates(context)
+        tracked = skeleton(rewrite_links(tracked_html, settings, release.id), tracked_text)
     return Variant(release.id, language_of(release.language), release.slug, subject, html_body,
-                   text_body, skeleton, static_headers)
+                   text_body, skeleton(html_body, text_body), static_headers, tracked)
 
 
 def _from_line(name: str, address: str) -> bytes:

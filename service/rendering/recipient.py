@@ -32,6 +32,7 @@ class Recipient:
     last_name: str | None = None
     outlet: str | None = None
     language: str | None = None
+    do_not_track: bool | None = None
 
     @classmethod
     def from_contact(cls, contact: Contact) -> Recipient:

@@ -14,24 +14,32 @@ STRINGS: dict[str, dict[str, str]] = {
         "press_contacts": "Contacts presse", "about": "À propos", "attachments": "Pièces jointes",
         "links": "Liens", "unsubscribe": "Se désabonner",
         "why": "Expéditeur : {sender}. Vous recevez ce communiqué en tant que journaliste.",
+        "tracking": "Ce message mesure son ouverture et les clics sur ses liens ; vous "
+                    "pouvez le refuser depuis la page de désabonnement.",
     },
     "en": {
         "kicker": "Press release", "view_online": "View this release online", "colon": ":",
         "press_contacts": "Press contacts", "about": "About", "attachments": "Attachments",
         "links": "Links", "unsubscribe": "Unsubscribe",
         "why": "Sender: {sender}. You receive this press release as a journalist.",
+        "tracking": "This message records when it is opened and which links are clicked; "
+                    "you can refuse this on the unsubscribe page.",
     },
     "es": {
         "kicker": "Comunicado de prensa", "view_online": "Ver la versión en línea", "colon": ":",
         "press_contacts": "Contactos de prensa", "about": "Acerca de", "attachments": "Adjuntos",
         "links": "Enlaces", "unsubscribe": "Darse de baja",
         "why": "Remitente: {sender}. Recibe este comunicado como periodista.",
+        "tracking": "Este mensaje registra su apertura y los clics en sus enlaces; puede "
+                    "rechazarlo en la página de baja.",
     },
     "ar": {
         "kicker": "بلاغ صحفي", "view_online": "عرض النسخة على الإنترنت", "colon": ":",
         "press_contacts": "جهات الاتصال الصحفية", "about": "نبذة", "attachments": "المرفقات",
         "links": "الروابط", "unsubscribe": "إلغاء الاشتراك",
         "why": "المرسل: {sender}. تتلقى هذا البلاغ بصفتك صحفيًا.",
+        "tracking": "تسجّل هذه الرسالة فتحها والنقر على روابطها؛ يمكنك رفض ذلك من صفحة "
+                    "إلغاء الاشتراك.",
     },
 }
 

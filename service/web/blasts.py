@@ -105,6 +105,8 @@ def blast_new(release_id: int) -> ResponseReturnValue:
     settings = current_settings()
     release = releases.get_release(session, release_id)
     form = ScheduleForm()
+    if request.method == "GET":  # the box starts as the setting says
+        form.track.data = settings.tracking_default
     form.lists.choices = options([(name, f"{name} ({count})")
                                   for name, count in contacts.list_counts(session)])
     form.media_type.choices = options([("", _("All")), *[(m.value, _("media:" + m.value))
@@ -147,7 +149,8 @@ def blast_new(release_id: int) -> ResponseReturnValue:
                                    filters=filters, send_at=send_at, start_before=start_before,
                                    stop_after=stop_after, actor=user.email, actor_role=user.role,
                                    now=now, schedule=may_schedule, include_already_sent=include,
-                                   attach_pdf=bool(form.attach_pdf.data))
+                                   attach_pdf=bool(form.attach_pdf.data),
+                                   track=bool(form.track.data))
     session.commit()
     if blast.status == BlastStatus.draft:
         flash(_("Blast saved. A sender must approve it before it is sent."), "info")
@@ -203,6 +206,58 @@ def blast_export(blast_id: int) -> Response:
     _blasts().export_deliveries_csv(db_session(), blast_id, out, status=request.args.get("status") or None)
     return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}.csv"'})
+
+
+# ---- the blast report ------------------------------------------------------------
+
+def _report(blast_id: int) -> Any:
+    from service.delivery.report import blast_report
+
+    return blast_report(db_session(), blast_id)
+
+
+@bp.route("/blasts/<id:blast_id>/report")
+@login_required
+def blast_report(blast_id: int) -> ResponseReturnValue:
+    from service.delivery.report_charts import CHARTS
+
+    report = _report(blast_id)
+    sort = request.args.get("sort", "first_at")
+    if sort in ("name", "outlet", "opens", "clicks", "first_at"):
+        report.openers.sort(key=lambda opener: (opener[sort] is None, opener[sort] or ""),
+                            reverse=sort in ("opens", "clicks"))
+    return render_template("blasts/report.html", blast=_blasts().get_blast(db_session(), blast_id),
+                           report=report, charts=CHARTS, sort=sort)
+
+
+@bp.route("/blasts/<id:blast_id>/report/<any(deliveries, opens, outlets, media_types):chart>.svg")
+@login_required
+def blast_report_chart(blast_id: int, chart: str) -> Response:
+    """A chart as an SVG image (no script: the page shows it with <img>, the CSP allows it)."""
+    from service.delivery.report_charts import chart_svg
+    from service.web.i18n import current_language
+
+    svg = chart_svg(_report(blast_id), chart, current_language())
+    return Response(svg, mimetype="image/svg+xml", headers={"Cache-Control": "private, max-age=60"})
+
+
+@bp.route("/blasts/<id:blast_id>/report.csv")
+@login_required
+def blast_report_csv(blast_id: int) -> Response:
+    from service.delivery.report import report_csv
+
+    return Response(report_csv(_report(blast_id)), mimetype="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="blast-{blast_id}-report.csv"'})
+
+
+@bp.route("/blasts/<id:blast_id>/report.pdf")
+@login_required
+def blast_report_pdf(blast_id: int) -> Response:
+    from service.delivery.report_pdf import report_pdf
+    from service.web.i18n import current_language
+
+    return Response(report_pdf(_report(blast_id), current_language()), mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="blast-{blast_id}-report.pdf"'})
 
 
 def _act(blast_id: int, action: str) -> ResponseReturnValue:

@@ -209,4 +209,5 @@ class ScheduleForm(FlaskForm):
     send_now = BooleanField("Send now")
     include_already_sent = BooleanField("Include them anyway")
     attach_pdf = BooleanField("Attach the release as a PDF")
+    track = BooleanField("Record opens and clicks")
     confirmed = HiddenField()

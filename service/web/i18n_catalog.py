@@ -389,4 +389,22 @@ FR: dict[str, str] = {
     "Kind": "Type",
     "Action taken": "Suite donnée",
     "Replies from journalists": "Réponses des journalistes",
+    # engagement tracking (issue 17)
+    "Record opens and clicks": "Mesurer les ouvertures et les clics",
+    "A tiny image and signed links record who opened and clicked; the footer says so. Contacts who asked not to be tracked never are.":
+        "Une image minuscule et des liens signés enregistrent qui a ouvert et cliqué ; le pied du message le dit. Les contacts qui ont refusé le suivi ne sont jamais suivis.",
+    "Tracking": "Suivi",
+    "Opens and clicks are recorded": "Ouvertures et clics mesurés",
+    # the blast report (issue 17)
+    "Report": "Rapport", "Export the report (CSV)": "Exporter le rapport (CSV)",
+    "Delivered": "Remis", "Bounced": "Rejetés", "Failed": "Échecs",
+    "Opened (people)": "Ouverts (personnes)", "Opened by machines only": "Ouverts par des machines seulement",
+    "Clicked": "Cliqués", "Clicks": "Clics", "Opens": "Ouvertures", "People": "Personnes",
+    "Machine clicks": "Clics de machines", "Link": "Lien", "Top links": "Liens les plus cliqués",
+    "Journalists who opened": "Journalistes qui ont ouvert", "First opened": "Première ouverture",
+    "Opens and clicks were not recorded for this blast.": "Les ouvertures et les clics n’ont pas été mesurés pour cet envoi.",
+    "Per outlet": "Par média", "Per media type": "Par type de média", "Per country": "Par pays",
+    "Per language version": "Par version linguistique", "Deliveries per minute": "Remises par minute",
+    "People's opens over the first 72 hours": "Ouvertures (personnes) sur les 72 premières heures",
+    "The report as a PDF": "Le rapport en PDF",
 }

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, abort, current_app, render_template, request
+from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request
 from jinja2 import ChoiceLoader, FileSystemLoader, PrefixLoader
 from werkzeug.wrappers import Response
 
+from service.contacts.store import set_do_not_track
 from service.db import utcnow
+from service.delivery.engagement import Fetch, record_click, record_open
 from service.errors import NotFound
 from service.http.context import current_settings, db_session
 from service.models import Release
@@ -27,13 +29,25 @@ bp = Blueprint("public", __name__)
 
 PAGE_TEXT = {
     "fr": {"title": "Désabonnement", "question": "Ne plus recevoir nos communiqués à l'adresse",
-           "button": "Me désabonner", "done": "C'est fait : vous ne recevrez plus nos communiqués."},
+           "button": "Me désabonner", "done": "C'est fait : vous ne recevrez plus nos communiqués.",
+           "track_question": "Ou continuer à les recevoir sans mesure d'ouverture ni de clics :",
+           "track_button": "Ne plus me suivre",
+           "track_done": "C'est fait : nous ne mesurerons plus l'ouverture de nos messages ni vos clics."},
     "en": {"title": "Unsubscribe", "question": "Stop receiving our press releases at",
-           "button": "Unsubscribe me", "done": "Done: you will not receive our press releases again."},
+           "button": "Unsubscribe me", "done": "Done: you will not receive our press releases again.",
+           "track_question": "Or keep receiving them without open and click tracking:",
+           "track_button": "Do not track me",
+           "track_done": "Done: we will no longer record when you open our messages or click."},
     "es": {"title": "Darse de baja", "question": "Dejar de recibir nuestros comunicados en",
-           "button": "Darme de baja", "done": "Hecho: no recibirá más nuestros comunicados."},
+           "button": "Darme de baja", "done": "Hecho: no recibirá más nuestros comunicados.",
+           "track_question": "O seguir recibiéndolos sin medir aperturas ni clics:",
+           "track_button": "No hacer seguimiento",
+           "track_done": "Hecho: ya no registraremos sus aperturas ni sus clics."},
     "ar": {"title": "إلغاء الاشتراك", "question": "التوقف عن تلقي بلاغاتنا على العنوان",
-           "button": "إلغاء اشتراكي", "done": "تم: لن تتلقى بلاغاتنا بعد الآن."},
+           "button": "إلغاء اشتراكي", "done": "تم: لن تتلقى بلاغاتنا بعد الآن.",
+           "track_question": "أو مواصلة تلقيها دون تتبع الفتح والنقرات:",
+           "track_button": "عدم تتبعي",
+           "track_done": "تم: لن نسجل بعد الآن فتحك لرسائلنا أو نقراتك."},
 }
 
 
@@ -47,6 +61,8 @@ def init_app(app: Flask) -> None:
     except ImportError:  # pragma: no cover - CSRF not installed in this build
         return
     csrf.exempt(unsubscribe)
+    csrf.exempt(open_pixel)
+    csrf.exempt(click)
 
 
 def _public_release(slug: str) -> Release:
@@ -120,3 +136,61 @@ def _protect_form() -> None:
         csrf.protect()
 
 
+
+
+@bp.post("/u/<token>/do-not-track")
+def do_not_track(token: str) -> str:
+    """Keep receiving releases, but no pixel, no tracked link, nothing recorded."""
+    session = db_session()
+    try:
+        contact = contact_for_token(session, current_settings(), token)
+    except NotFound:
+        abort(404)
+    if contact is None:
+        abort(404)
+    _protect_form()
+    set_do_not_track(session, contact.id, now=utcnow())
+    session.commit()
+    language = _page_language(contact.language)
+    text = {**PAGE_TEXT[language], "done": PAGE_TEXT[language]["track_done"]}
+    return render_template("public/unsubscribe.html", language=language, text=text, token=token,
+                           address=None, done=True)
+
+
+# A 1x1 transparent GIF (43 bytes).
+PIXEL = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00"
+         b"\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def _fetch() -> Fetch:
+    return Fetch(request.headers.get("User-Agent", ""), request.remote_addr, utcnow())
+
+
+@bp.get("/o/<token>.gif")
+def open_pixel(token: str) -> Response:
+    """The open pixel of a tracked message; 404 for a token we did not sign."""
+    session = db_session()
+    try:
+        record_open(session, current_settings(), token, _fetch())
+    except NotFound:
+        abort(404)
+    session.commit()
+    response = Response(PIXEL, mimetype="image/gif")
+    response.headers["Cache-Control"] = "no-store, private"
+    return response
+
+
+@bp.get("/c/<token>/<link>")
+def click(token: str, link: str) -> Response:
+    """A tracked link: to the exact URL of the release it was made for, else 404 (never an
+    open redirect). The release's own web copy keeps its embargo rule at /r/<slug>."""
+    session = db_session()
+    try:
+        url = record_click(session, current_settings(), token, link, _fetch())
+    except NotFound:
+        abort(404)
+    session.commit()
+    response = redirect(url, 302)
+    response.headers["Cache-Control"] = "no-store, private"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
