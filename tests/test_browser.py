@@ -212,7 +212,7 @@ def test_press_officer_day_in_the_browser(live: Live, browser: Any, db: Session,
     journalist.on("console", lambda message: _note_csp_violation(message, errors))
     journalist.goto(link.group(0))
     _shot(journalist, artifacts, "10-unsubscribe")
-    journalist.locator("form button[type=submit]").click()
+    journalist.get_by_role("button", name="Me désabonner").click()
     journalist.locator(".notice").wait_for()
     _shot(journalist, artifacts, "11-unsubscribed")
     db.expire_all()
