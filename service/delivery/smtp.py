@@ -360,5 +360,5 @@ def _a_labels(address: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _simple_address(address: str) -> bool:
-    """For the envelope sender: the same few addresses on every message."""
+    """The envelope sender is one RFC 5321 dot-atom (per message under VERP, so not cached)."""
     return _SIMPLE_ADDRESS.match(address) is not None
